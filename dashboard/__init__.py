@@ -1,0 +1,1 @@
+"""The Streamlit triage dashboard (layout only; every query is a pipeline function)."""

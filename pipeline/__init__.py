@@ -1,0 +1,1 @@
+"""callscope pipeline: OTLP ingest, Parquet segments, per-call timelines and verdicts."""

@@ -1,0 +1,1 @@
+"""A stand-in for the MiniVoice platform: answer_url calls, wss media streams and webhooks."""
