@@ -1,0 +1,726 @@
+"""Every query the dashboard runs, as plain functions over a read-only DuckDB connection.
+
+The connection is `DataDir(path).connect_readonly()`: an in-memory DuckDB with the views `spans`,
+`spans_raw`, `calls` and `call_events`. Nothing here imports Streamlit, reads a clock or writes a
+file, so each function is tested on its own (tests/pipeline/test_dashboard_queries.py) and timed
+at 1M calls (bench/dashboard.py). Tables come back as Polars DataFrames; single rows as dicts.
+
+Time windows are half-open `[start, end)` over `calls.first_seen_at` (when the call was first
+seen), in UTC. A failure is a final call whose `failure_stage` is not `none`; the failure rate is
+failures over final calls, so calls still in progress neither raise nor dilute it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from collectors.identity import call_trace_id_hex
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
+
+#: The debug order of the MiniVoice docs, as funnel steps: (label, the failure_stage that stops a call
+#: from passing this step). A call counts at a step when no earlier-or-equal stage failed it.
+FUNNEL_STEPS: tuple[tuple[str, str], ...] = (
+    ("answered", "answer_url"),
+    ("valid action", "action"),
+    ("connected", "connect"),
+    ("media flowing", "media"),
+    ("clean end", "stream"),
+    ("completed", "lifecycle"),
+)
+
+#: Verdicts that are not failures (failure_stage `none`).
+NON_FAILURE_VERDICTS = ("ok", "no_stream", "in_progress")
+
+#: Columns shown in the calls table, in order (those missing from `calls` are skipped).
+CALL_LIST_COLUMNS = (
+    "call_id",
+    "first_seen_at",
+    "verdict",
+    "failure_stage",
+    "reason",
+    "application_id",
+    "customer_id",
+    "direction",
+    "call_status",
+    "close_code",
+    "closed_by",
+    "media_frames",
+)
+
+#: Sort orders offered by the calls table: label -> ORDER BY clause.
+CALL_SORTS: dict[str, str] = {
+    "newest first": "first_seen_at DESC NULLS LAST, call_id",
+    "oldest first": "first_seen_at ASC NULLS LAST, call_id",
+    "failures first": (
+        "(failure_stage IS NULL OR failure_stage = 'none'), first_seen_at DESC NULLS LAST, call_id"
+    ),
+    "call id": "call_id",
+}
+
+#: Skew beyond which the call detail page explains the receiver clock (verdicts never depend on it).
+CLOCK_SKEW_NOTE_MS = 1000
+
+_PHONE_QUERY = re.compile(r"^\+?[\d\s().\-/]{7,}$")
+
+
+class QueryError(ValueError):
+    """A dashboard query was asked something it cannot answer (unknown column, bad window)."""
+
+
+# ---- filters ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallFilter:
+    """The sidebar: a time window over `first_seen_at` and optional sets of values (empty = any)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    application_ids: tuple[str, ...] = ()
+    customer_ids: tuple[str, ...] = ()
+    directions: tuple[str, ...] = ()
+    verdicts: tuple[str, ...] = ()
+
+    def previous(self) -> CallFilter | None:
+        """The same filter over the window just before this one (None for an open window)."""
+        if self.start is None or self.end is None:
+            return None
+        length = self.end - self.start
+        return replace(self, start=self.start - length, end=self.start)
+
+
+def last(window: timedelta, now: datetime, **values: Any) -> CallFilter:
+    """A filter over the `window` that ends at `now` (the caller's clock)."""
+    return CallFilter(start=now - window, end=now, **values)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _where(flt: CallFilter, *, with_time: bool = True) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if with_time and flt.start is not None:
+        clauses.append("first_seen_at >= ?")
+        params.append(_utc(flt.start))
+    if with_time and flt.end is not None:
+        clauses.append("first_seen_at < ?")
+        params.append(_utc(flt.end))
+    for column, values in (
+        ("application_id", flt.application_ids),
+        ("customer_id", flt.customer_ids),
+        ("direction", flt.directions),
+        ("verdict", flt.verdicts),
+    ):
+        if values:
+            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+    return (" AND ".join(clauses) or "true"), params
+
+
+_FAILED = "(is_final AND failure_stage IS NOT NULL AND failure_stage <> 'none')"
+
+
+# ---- the data directory at a glance ----------------------------------------------------------
+
+
+def views(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the views and tables the connection has."""
+    return {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def columns(con: duckdb.DuckDBPyConnection, view: str) -> list[str]:
+    """Column names of a view, in order (empty when the view does not exist)."""
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+        [view],
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class DataSummary:
+    """What a data directory holds: enough to tell "no data yet" from "nothing in this window"."""
+
+    calls: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    spans: int
+    spans_without_call_id: int
+
+    @property
+    def empty(self) -> bool:
+        return self.calls == 0 and self.spans == 0
+
+
+def data_summary(con: duckdb.DuckDBPyConnection) -> DataSummary:
+    """Counts of calls and spans (spans without a call id are counted, never dropped)."""
+    present = views(con)
+    calls, first_seen, last_seen = 0, None, None
+    if "calls" in present:
+        calls, first_seen, last_seen = con.execute(
+            "SELECT count(*), min(first_seen_at), max(first_seen_at) FROM calls"
+        ).fetchone() or (0, None, None)
+    spans = orphans = 0
+    if "spans_raw" in present:
+        # spans_raw, not the de-duplicating view: a count does not need the window over every span.
+        spans, orphans = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE call_id IS NULL) FROM spans_raw"
+        ).fetchone() or (0, 0)
+    return DataSummary(int(calls), first_seen, last_seen, int(spans), int(orphans))
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOptions:
+    """The values each sidebar filter offers, most frequent first."""
+
+    application_ids: list[str] = field(default_factory=list)
+    customer_ids: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+
+
+def filter_options(con: duckdb.DuckDBPyConnection, limit: int = 500) -> FilterOptions:
+    """Distinct applications, customers, directions and verdicts, most frequent first."""
+    if "calls" not in views(con):
+        return FilterOptions()
+    found: dict[str, list[str]] = {}
+    for column in ("application_id", "customer_id", "direction", "verdict"):
+        rows = con.execute(
+            f"SELECT {column} FROM calls WHERE {column} IS NOT NULL "
+            f"GROUP BY {column} ORDER BY count(*) DESC, {column} LIMIT ?",
+            [limit],
+        ).fetchall()
+        found[column] = [str(row[0]) for row in rows]
+    return FilterOptions(found["application_id"], found["customer_id"], found["direction"], found["verdict"])
+
+
+# ---- overview --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCounts:
+    """Counts over one window."""
+
+    calls: int
+    final: int
+    failures: int
+    in_progress: int
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Failures over final calls; None when no call is final."""
+        return self.failures / self.final if self.final else None
+
+
+@dataclass(frozen=True, slots=True)
+class Kpis:
+    """The overview's headline numbers, and the same numbers for the previous window."""
+
+    current: WindowCounts
+    previous: WindowCounts | None
+
+    def delta(self, name: str) -> float | None:
+        """current - previous for `calls`, `failures`, `in_progress` or `failure_rate` (None if unknown)."""
+        if self.previous is None:
+            return None
+        now, before = getattr(self.current, name), getattr(self.previous, name)
+        if now is None or before is None:
+            return None
+        return float(now - before)
+
+
+def _counts(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> WindowCounts:
+    where, params = _where(flt)
+    row = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE is_final), "
+        f"count(*) FILTER (WHERE {_FAILED}), count(*) FILTER (WHERE NOT is_final) "
+        f"FROM calls WHERE {where}",
+        params,
+    ).fetchone()
+    calls, final, failures, in_progress = row or (0, 0, 0, 0)
+    return WindowCounts(int(calls), int(final), int(failures), int(in_progress))
+
+
+def kpis(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> Kpis:
+    """Calls, failures, failure rate and calls in progress, in the window and the one before it."""
+    if "calls" not in views(con):
+        empty = WindowCounts(0, 0, 0, 0)
+        return Kpis(empty, None if flt.previous() is None else empty)
+    previous = flt.previous()
+    return Kpis(_counts(con, flt), None if previous is None else _counts(con, previous))
+
+
+#: Bucket widths the failures chart offers, and the window each is the natural choice up to.
+BUCKETS: tuple[tuple[str, timedelta], ...] = (
+    ("1 minute", timedelta(minutes=1)),
+    ("5 minutes", timedelta(minutes=5)),
+    ("15 minutes", timedelta(minutes=15)),
+    ("1 hour", timedelta(hours=1)),
+    ("6 hours", timedelta(hours=6)),
+    ("1 day", timedelta(days=1)),
+)
+
+
+def default_bucket(span: timedelta | None) -> str:
+    """A bucket width that gives the chart roughly 30 to 120 bars over `span`."""
+    if span is None:
+        return "1 hour"
+    for label, width in BUCKETS:
+        if span / width <= 120:
+            return label
+    return BUCKETS[-1][0]
+
+
+def failures_over_time(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta) -> pl.DataFrame:
+    """Failed calls per time bucket and verdict: columns `bucket` (UTC start), `verdict`, `calls`."""
+    import polars as pl
+
+    if bucket <= timedelta(0):
+        raise QueryError(f"bucket must be positive, got {bucket}")
+    if "calls" not in views(con):
+        return pl.DataFrame(
+            schema={"bucket": pl.Datetime("us", "UTC"), "verdict": pl.String, "calls": pl.Int64}
+        )
+    where, params = _where(flt)
+    micros = int(bucket / timedelta(microseconds=1))
+    return con.execute(
+        f"SELECT time_bucket(to_microseconds(?), first_seen_at::TIMESTAMPTZ) AS bucket, verdict, "
+        f"count(*) AS calls FROM calls WHERE {where} AND {_FAILED} "
+        "GROUP BY ALL ORDER BY bucket, verdict",
+        [micros, *params],
+    ).pl()
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelStep:
+    """One step of the debug-order funnel."""
+
+    step: str
+    stage: str
+    calls: int
+    lost: int
+    """Calls that failed exactly at this step."""
+    share: float
+    """calls / the funnel's base (1.0 at the top when nothing failed at the first step)."""
+
+
+def funnel(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> list[FunnelStep]:
+    """The debug-order funnel over final calls that tried to stream.
+
+    The base is every final call except `no_stream` (answer_url asked for no stream: not a
+    failure, and not a stream to follow). Verdicts name the first failing step, so a call
+    passes every step before its failure stage.
+    """
+    lost_by_stage: dict[str, int] = {}
+    base = 0
+    if "calls" in views(con):
+        where, params = _where(flt)
+        rows = con.execute(
+            f"SELECT coalesce(failure_stage, 'none'), count(*) FROM calls WHERE {where} "
+            "AND is_final AND verdict <> 'no_stream' GROUP BY ALL",
+            params,
+        ).fetchall()
+        lost_by_stage = {str(stage): int(n) for stage, n in rows}
+        base = sum(lost_by_stage.values())
+    steps: list[FunnelStep] = []
+    remaining = base
+    for label, stage in FUNNEL_STEPS:
+        lost = lost_by_stage.get(stage, 0)
+        remaining -= lost
+        steps.append(FunnelStep(label, stage, remaining, lost, remaining / base if base else 0.0))
+    return steps
+
+
+def top_failures(con: duckdb.DuckDBPyConnection, flt: CallFilter, by: str, limit: int = 10) -> pl.DataFrame:
+    """The `by` values (application_id or customer_id) with the most failures.
+
+    Columns: `<by>`, `failures`, `calls`, `failure_rate` (over final calls), `top_verdict`.
+    """
+    import polars as pl
+
+    if by not in ("application_id", "customer_id"):
+        raise QueryError(f"top failures are by application_id or customer_id, not {by!r}")
+    if "calls" not in views(con):
+        return pl.DataFrame(
+            schema={
+                by: pl.String,
+                "failures": pl.Int64,
+                "calls": pl.Int64,
+                "failure_rate": pl.Float64,
+                "top_verdict": pl.String,
+            }
+        )
+    where, params = _where(flt)
+    return con.execute(
+        f"SELECT {by}, count(*) FILTER (WHERE {_FAILED}) AS failures, count(*) AS calls, "
+        f"failures / nullif(count(*) FILTER (WHERE is_final), 0) AS failure_rate, "
+        f"mode(verdict) FILTER (WHERE {_FAILED}) AS top_verdict "
+        f"FROM calls WHERE {where} GROUP BY {by} HAVING failures > 0 "
+        f"ORDER BY failures DESC, {by} LIMIT ?",
+        [*params, limit],
+    ).pl()
+
+
+# ---- calls table -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallsPage:
+    """One page of the calls table: the rows, how many calls matched, and how the search was read."""
+
+    rows: pl.DataFrame
+    total: int
+    searched_phone: bool = False
+    """The search text was read as a phone number and matched through its keyed hash."""
+    note: str | None = None
+
+
+def phone_hash_call_ids_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL selecting the call ids whose from/to hash equals `?` (bound twice)."""
+    if {"from_hash", "to_hash"} <= set(columns(con, "calls")):
+        return "SELECT call_id FROM calls WHERE from_hash = ? OR to_hash = ?"
+    # The collectors put the hashes on answer_url and webhook spans (docs/spans.md). Search the raw
+    # attribute text: a LIKE on one column is a plain scan, far cheaper than parsing JSON per span.
+    return (
+        "SELECT DISTINCT call_id FROM spans_raw WHERE call_id IS NOT NULL "
+        "AND (contains(attributes, ?) OR contains(attributes, ?))"
+    )
+
+
+def search_calls(
+    con: duckdb.DuckDBPyConnection,
+    flt: CallFilter,
+    text: str = "",
+    *,
+    pii_key: str | None = None,
+    sort: str = "newest first",
+    limit: int = 500,
+) -> CallsPage:
+    """Calls matching the filter and a free-text search, sorted, at most `limit` rows.
+
+    The search matches a substring of call_id, customer_id or application_id, or a verdict name,
+    case-insensitively. Text that looks like a phone number is matched through its keyed hash
+    (`hmac-sha256:` of the E.164 number) when `pii_key` is set; numbers are never stored in clear.
+    """
+    import polars as pl
+
+    from collectors.privacy import hash_phone
+
+    if sort not in CALL_SORTS:
+        raise QueryError(f"unknown sort {sort!r}; use one of {', '.join(CALL_SORTS)}")
+    present = columns(con, "calls")
+    shown = [c for c in CALL_LIST_COLUMNS if c in present]
+    if not present:
+        return CallsPage(pl.DataFrame(schema=dict.fromkeys(CALL_LIST_COLUMNS, pl.String)), 0)
+    where, params = _where(flt)
+    text = text.strip()
+    searched_phone = False
+    note = None
+    if text:
+        if _PHONE_QUERY.match(text) and sum(ch.isdigit() for ch in text) >= 7:
+            if pii_key:
+                digest = hash_phone(text, pii_key)
+                sql = phone_hash_call_ids_sql(con)
+                if "spans_raw" in sql:
+                    digest = json.dumps(digest)  # the quoted JSON string, so a prefix cannot match
+                where += f" AND call_id IN ({sql})"
+                params += [digest, digest]
+                searched_phone = True
+            else:
+                note = (
+                    "Phone numbers are stored only as keyed hashes. Set CALLSCOPE_PII_KEY (the key the "
+                    "collectors use) to search by number."
+                )
+                where += " AND false"
+        else:
+            pattern = f"%{_like_escape(text)}%"
+            where += (
+                " AND (call_id ILIKE ? ESCAPE '\\' OR customer_id ILIKE ? ESCAPE '\\' "
+                "OR application_id ILIKE ? ESCAPE '\\' OR verdict ILIKE ? ESCAPE '\\')"
+            )
+            params += [pattern] * 4
+    total_row = con.execute(f"SELECT count(*) FROM calls WHERE {where}", params).fetchone()
+    rows = con.execute(
+        f"SELECT {', '.join(shown)} FROM calls WHERE {where} ORDER BY {CALL_SORTS[sort]} LIMIT ?",
+        [*params, limit],
+    ).pl()
+    return CallsPage(rows, int(total_row[0]) if total_row else 0, searched_phone, note)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# ---- call detail -----------------------------------------------------------------------------
+
+
+def call_row(con: duckdb.DuckDBPyConnection, call_id: str) -> dict[str, Any] | None:
+    """The call's `calls` row as a dict, or None."""
+    if "calls" not in views(con):
+        return None
+    cursor = con.execute("SELECT * FROM calls WHERE call_id = ? LIMIT 1", [call_id])
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    names = [d[0] for d in cursor.description or []]
+    return dict(zip(names, row, strict=True))
+
+
+def call_events(con: duckdb.DuckDBPyConnection, call_id: str) -> pl.DataFrame:
+    """The call's `call_events` rows in timeline order."""
+    import polars as pl
+
+    if "call_events" not in views(con):
+        return pl.DataFrame(
+            schema={
+                "call_id": pl.String,
+                "ts": pl.Datetime("us", "UTC"),
+                "source": pl.String,
+                "event": pl.String,
+                "detail": pl.String,
+            }
+        )
+    return con.execute("SELECT * FROM call_events WHERE call_id = ? ORDER BY ts", [call_id]).pl()
+
+
+def call_spans(con: duckdb.DuckDBPyConnection, call_id: str) -> list[dict[str, Any]]:
+    """The call's stored spans (one row per span id, first ingested copy), oldest first.
+
+    Reads `spans_raw` filtered by the call's derived trace id and de-duplicates here: the `spans`
+    view de-duplicates over every stored span before any filter.
+    """
+    if "spans_raw" not in views(con):
+        return []
+    cursor = con.execute(
+        "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER (PARTITION BY span_id "
+        "ORDER BY ingested_at_ns, end_ns DESC) AS rn FROM spans_raw WHERE trace_id = ?) "
+        "WHERE rn = 1 ORDER BY start_ns, span_id",
+        [call_trace_id_hex(call_id)],
+    )
+    names = [d[0] for d in cursor.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def span_attributes(span: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored span's attributes as a dict."""
+    raw = span.get("attributes")
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseLine:
+    """One line of the pretty-printed answer_url response, and the problems that point at it."""
+
+    text: str
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerUrlResponse:
+    """The answer_url response as recorded, pretty-printed, with MiniVoice's objections attached."""
+
+    status_code: int | None
+    is_json: bool
+    truncated: bool
+    lines: tuple[ResponseLine, ...]
+    problems: tuple[str, ...]
+    """Every problem message, including those that point at no line (a non-JSON body)."""
+
+
+def answer_url_response(spans: Sequence[Mapping[str, Any]]) -> AnswerUrlResponse | None:
+    """The last answer_url response of a call, with each problem attached to the line it is about.
+
+    The problems are recomputed with the collectors' own validator, so each knows its action
+    index and field; the line holding `"<field>":` inside that action gets the message.
+    """
+    from collectors.actions import check_actions
+
+    answer_spans = [s for s in spans if s.get("source") == "answer_url"]
+    if not answer_spans:
+        return None
+    span = max(answer_spans, key=lambda s: int(s["start_ns"]))
+    attributes = span_attributes(span)
+    body = attributes.get("minivoice.answer_url.response_body")
+    status = attributes.get("http.response.status_code")
+    truncated = bool(attributes.get("minivoice.answer_url.response_truncated"))
+    recorded = [str(m) for m in attributes.get("minivoice.action.problem_messages") or []]
+    if not isinstance(body, str):
+        return AnswerUrlResponse(
+            int(status) if isinstance(status, int) else None,
+            False,
+            truncated,
+            (),
+            tuple(recorded or ["the answer_url response body was not recorded"]),
+        )
+    check = check_actions(body.encode("utf-8"))
+    if not check.is_json:
+        problems = tuple(recorded or [p.message for p in check.problems])
+        lines = tuple(ResponseLine(line) for line in body.splitlines() or [body])
+        return AnswerUrlResponse(
+            int(status) if isinstance(status, int) else None, False, truncated, lines, problems
+        )
+    pretty = _pretty_lines(json.loads(body))
+    attached: dict[int, list[str]] = {}
+    loose: list[str] = []
+    for problem in check.problems:
+        path: tuple[str | int, ...] = ("actions",)
+        if problem.index is not None:
+            path += (problem.index,)
+        if problem.field and problem.field != "actions":
+            path += (problem.field,)
+        where = next((i for i, (_, p) in enumerate(pretty) if p == path), None)
+        if where is None or path == ():
+            loose.append(problem.message)
+        else:
+            attached.setdefault(where, []).append(problem.message)
+    lines = tuple(ResponseLine(text, tuple(attached.get(i, ()))) for i, (text, _) in enumerate(pretty))
+    messages = [p.message for p in check.problems] or recorded
+    return AnswerUrlResponse(
+        int(status) if isinstance(status, int) else None, True, truncated, lines, tuple(messages)
+    )
+
+
+def _pretty_lines(
+    value: Any, path: tuple[str | int, ...] = (), indent: int = 0, prefix: str = "", comma: bool = False
+) -> list[tuple[str, tuple[str | int, ...]]]:
+    """`json.dumps(value, indent=2)` split into lines, each with the JSON path it belongs to."""
+    pad = "  " * indent
+    tail = "," if comma else ""
+    if isinstance(value, dict) and value:
+        out = [(f"{pad}{prefix}{{", path)]
+        items = list(value.items())
+        for i, (key, item) in enumerate(items):
+            out += _pretty_lines(
+                item, (*path, str(key)), indent + 1, json.dumps(str(key)) + ": ", i < len(items) - 1
+            )
+        return [*out, (f"{pad}}}{tail}", path)]
+    if isinstance(value, list) and value:
+        out = [(f"{pad}{prefix}[", path)]
+        for i, item in enumerate(value):
+            out += _pretty_lines(item, (*path, i), indent + 1, "", i < len(value) - 1)
+        return [*out, (f"{pad}]{tail}", path)]
+    return [(f"{pad}{prefix}{json.dumps(value, ensure_ascii=False)}{tail}", path)]
+
+
+def clock_skew_note(call: Mapping[str, Any], threshold_ms: int = CLOCK_SKEW_NOTE_MS) -> str | None:
+    """A plain-words note when the receiver's clock is off by more than `threshold_ms`."""
+    skew = call.get("receiver_clock_skew_ms")
+    if skew is None or abs(float(skew)) <= threshold_ms:
+        return None
+    direction = "ahead of" if float(skew) > 0 else "behind"
+    return (
+        f"The stream receiver's clock is {abs(float(skew)) / 1000:.1f} s {direction} MiniVoice's "
+        "(webhook times). Receiver times below are as the receiver recorded them; the verdict does "
+        "not depend on them. Check NTP on the receiver host."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineMark:
+    """One thing on the call detail chart: a bar (start < end) or a point (start == end)."""
+
+    lane: str
+    label: str
+    start: datetime
+    end: datetime
+    kind: str
+    """`span`, `event` or `problem` (drawn in the failure colour)."""
+    detail: str = ""
+
+
+_LANES = {"answer_url": "answer_url", "receiver": "stream", "webhook": "webhooks", "pipeline": "call"}
+
+
+def _dt(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC) + timedelta(
+        microseconds=(ns % 1_000_000_000) // 1000
+    )
+
+
+def timeline_marks(spans: Sequence[Mapping[str, Any]]) -> list[TimelineMark]:
+    """The call detail chart on one time axis, from the call's spans.
+
+    answer_url and each webhook are bars (request to response); the stream connection is a bar
+    from open to close, with points for connected, start, first and last media, stop and errors,
+    and the disconnect labelled with its close code and who closed it. The largest media gap is
+    drawn ending at the last media frame when that is where it was measured, otherwise noted.
+    """
+    marks: list[TimelineMark] = []
+    for span in spans:
+        source = str(span.get("source") or "")
+        lane = _LANES.get(source, source or "other")
+        attributes = span_attributes(span)
+        start, end = _dt(int(span["start_ns"])), _dt(int(span["end_ns"]))
+        failed = span.get("status_code") == "ERROR"
+        if source == "webhook":
+            label = str(attributes.get("minivoice.event") or span.get("name"))
+            if attributes.get("minivoice.webhook.duplicate"):
+                label += " (duplicate)"
+            detail = f"call.status={attributes.get('minivoice.call.status')}"
+            marks.append(TimelineMark(lane, label, start, end, "problem" if failed else "span", detail))
+        elif source == "answer_url":
+            status = attributes.get("http.response.status_code")
+            latency = attributes.get("minivoice.answer_url.latency_ms")
+            detail = f"HTTP {status}" + (f", {float(latency):.0f} ms" if latency is not None else "")
+            marks.append(
+                TimelineMark(lane, "answer_url", start, end, "problem" if failed else "span", detail)
+            )
+        elif source == "receiver":
+            frames = attributes.get("minivoice.media.frames")
+            marks.append(
+                TimelineMark(lane, "stream connection", start, end, "span", f"{frames or 0} media frames")
+            )
+            for event in span.get("events") or []:
+                name = str(event.get("name"))
+                try:
+                    event_attributes = json.loads(event.get("attributes") or "{}")
+                except ValueError:
+                    event_attributes = {}
+                at = _dt(int(event["time_ns"]))
+                kind = "problem" if name == "error" else "event"
+                detail = str(
+                    event_attributes.get("error.type") or event_attributes.get("minivoice.stop.reason") or ""
+                )
+                marks.append(TimelineMark(lane, name.replace("_", " "), at, at, kind, detail))
+            last_media_ns = attributes.get("minivoice.media.last_at_unix_nano")
+            if isinstance(last_media_ns, int):
+                at = _dt(last_media_ns)
+                marks.append(TimelineMark(lane, "last media", at, at, "event", ""))
+                gap = attributes.get("minivoice.media.gap_max_ms")
+                if isinstance(gap, int | float) and gap >= 1000:
+                    marks.append(
+                        TimelineMark(lane, f"largest media gap {gap / 1000:.1f} s", at, at, "problem", "")
+                    )
+            code = attributes.get("minivoice.close.code")
+            closed_by = attributes.get("minivoice.closed_by")
+            clean = code == 1000
+            marks.append(
+                TimelineMark(
+                    lane,
+                    f"disconnect {code if code is not None else '?'}"
+                    + (f" by {closed_by}" if closed_by else ""),
+                    end,
+                    end,
+                    "event" if clean else "problem",
+                    str(attributes.get("minivoice.close.reason") or ""),
+                )
+            )
+        else:
+            marks.append(
+                TimelineMark(lane, str(span.get("name")), start, end, "problem" if failed else "span")
+            )
+    return sorted(marks, key=lambda m: (m.start, m.lane))
