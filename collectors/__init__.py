@@ -5,6 +5,7 @@ Runtime dependencies are the OpenTelemetry SDK and its OTLP exporter only; the A
 """
 
 from collectors.actions import ActionCheck, ActionProblem, check_actions, validate_actions
+from collectors.counters import guard, guarded, stats
 from collectors.identity import (
     call_parent,
     call_root_context,
@@ -13,6 +14,9 @@ from collectors.identity import (
     call_trace_id,
     call_trace_id_hex,
 )
+from collectors.logs import write_logs_to
+from collectors.privacy import hash_phone, mask_phone, phone_attributes, redact_text, redact_url
+from collectors.tracing import configure, get_tracer, start_call_span
 
 __all__ = [
     "ActionCheck",
@@ -24,5 +28,17 @@ __all__ = [
     "call_trace_id",
     "call_trace_id_hex",
     "check_actions",
+    "configure",
+    "get_tracer",
+    "guard",
+    "guarded",
+    "hash_phone",
+    "mask_phone",
+    "phone_attributes",
+    "redact_text",
+    "redact_url",
+    "start_call_span",
+    "stats",
     "validate_actions",
+    "write_logs_to",
 ]
