@@ -1,26 +1,74 @@
-"""OTLP trace decoding: `ExportTraceServiceRequest` (protobuf bytes or OTLP JSON) to span rows.
+"""OTLP trace decoding: `ExportTraceServiceRequest` protobuf to span rows (an Arrow table).
 
 Pure: bytes in, an Arrow table in SPAN_SCHEMA out, plus a count of rejected spans with the
-reasons. No I/O, no clock (the caller passes `ingested_at_ns`).
+reasons. No I/O, no clock (the caller passes `ingested_at_ns`). OTLP JSON is turned into the same
+protobuf message first (`pipeline.otlp_json`), so there is one row conversion.
+
+Two steps, because ingest answers before it converts:
+
+1. `parse_protobuf` + `validate_request` on the request path: is the body decodable, which spans
+   have unusable ids (rejected, reported as partial success). `prune_rejected` drops those.
+2. `request_to_table` off the request path: spans to rows.
+
+Attribute values become JSON with their types kept (string, int, double, bool, array, kvlist);
+bytes become base64 strings, and non-finite doubles become the strings "NaN", "Infinity" and
+"-Infinity" (as in the protobuf JSON mapping), so every stored JSON text is standard JSON that
+DuckDB parses.
+
+The hot loop is written for speed (locals, no per-value function dispatch beyond one call): the
+ingest benchmark's ceiling is this function.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from pipeline.schema import CALL_ID_ATTRIBUTE, SOURCE_ATTRIBUTE, SPAN_KINDS, SPAN_SCHEMA, STATUS_CODES
+from pipeline.schema import (
+    CALL_ID_ATTRIBUTE,
+    EVENT_TYPE,
+    SOURCE_ATTRIBUTE,
+    SPAN_KINDS,
+    SPAN_SCHEMA,
+    STATUS_CODES,
+)
+
+#: At most this many rejection reasons are kept per request (the count is always exact).
+MAX_REASONS = 20
 
 
 class OTLPDecodeError(ValueError):
     """The request body is not a valid ExportTraceServiceRequest. The message says why."""
+
+
+@dataclass(slots=True)
+class Validation:
+    """What `validate_request` found: how many spans are acceptable, and why others are not."""
+
+    accepted: int = 0
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        """Count `count` rejected spans, keeping the first MAX_REASONS reasons."""
+        self.rejected += count
+        if len(self.reasons) < MAX_REASONS:
+            self.reasons.append(reason)
+
+    def message(self) -> str:
+        """The reasons as one line, for `partial_success.error_message`."""
+        if not self.reasons:
+            return ""
+        more = self.rejected - len(self.reasons)
+        return "; ".join(self.reasons) + (f"; and {more} more" if more > 0 else "")
 
 
 @dataclass(slots=True)
@@ -33,37 +81,61 @@ class DecodedBatch:
 
     @property
     def accepted(self) -> int:
+        """Number of span rows."""
         return self.table.num_rows
 
     def rejection_message(self) -> str:
+        """The reasons as one line."""
         return "; ".join(self.reasons[:5]) + ("; ..." if len(self.reasons) > 5 else "")
+
+
+def _double(number: float) -> float | str:
+    if math.isfinite(number):
+        return number
+    return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
 
 
 def any_value(value: AnyValue) -> Any:
     """An OTLP AnyValue as the plain JSON-able Python value it stands for."""
     kind = value.WhichOneof("value")
-    if kind is None:
-        return None
+    if kind == "string_value":
+        return value.string_value
+    if kind == "int_value":
+        return value.int_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "double_value":
+        return _double(value.double_value)
     if kind == "array_value":
         return [any_value(v) for v in value.array_value.values]
     if kind == "kvlist_value":
         return attributes_dict(value.kvlist_value.values)
     if kind == "bytes_value":
         return base64.b64encode(value.bytes_value).decode("ascii")
-    return getattr(value, kind)
+    return None
 
 
 def attributes_dict(attributes: Any) -> dict[str, Any]:
     """OTLP KeyValue list to a dict. A repeated key keeps its last value."""
     result: dict[str, Any] = {}
-    kv: KeyValue
     for kv in attributes:
-        result[kv.key] = any_value(kv.value)
+        value = kv.value
+        kind = value.WhichOneof("value")
+        # Strings, ints and bools are nearly all attributes: handle them inline.
+        if kind == "string_value":
+            result[kv.key] = value.string_value
+        elif kind == "int_value":
+            result[kv.key] = value.int_value
+        elif kind == "bool_value":
+            result[kv.key] = value.bool_value
+        else:
+            result[kv.key] = any_value(value)
     return result
 
 
-def _json(value: dict[str, Any] | list[Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+def to_json(value: dict[str, Any] | list[Any]) -> bytes:
+    """Compact standard JSON (UTF-8 bytes)."""
+    return orjson.dumps(value)
 
 
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
@@ -76,84 +148,6 @@ def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def request_to_table(request: ExportTraceServiceRequest, ingested_at_ns: int) -> DecodedBatch:
-    """Flatten a request into span rows. Spans with bad ids are rejected, not stored."""
-    columns: dict[str, list[Any]] = {name: [] for name in SPAN_SCHEMA.names}
-    rejected = 0
-    reasons: list[str] = []
-    for resource_spans in request.resource_spans:
-        resource = attributes_dict(resource_spans.resource.attributes)
-        resource_json = _json(resource)
-        service_name = resource.get("service.name")
-        service_name = str(service_name) if service_name is not None else None
-        for scope_spans in resource_spans.scope_spans:
-            scope_name = scope_spans.scope.name or None
-            scope_version = scope_spans.scope.version or None
-            for span in scope_spans.spans:
-                problem = _id_problem(span.trace_id, 16, "trace_id") or _id_problem(
-                    span.span_id, 8, "span_id"
-                )
-                if problem is None and span.parent_span_id and len(span.parent_span_id) != 8:
-                    problem = f"parent_span_id has {len(span.parent_span_id)} bytes, expected 8 or none"
-                if problem is not None:
-                    rejected += 1
-                    if len(reasons) < 20:
-                        reasons.append(f"span {span.name!r}: {problem}")
-                    continue
-                attributes = attributes_dict(span.attributes)
-                call_id = attributes.get(CALL_ID_ATTRIBUTE)
-                source = attributes.get(SOURCE_ATTRIBUTE)
-                columns["trace_id"].append(span.trace_id.hex())
-                columns["span_id"].append(span.span_id.hex())
-                columns["parent_span_id"].append(span.parent_span_id.hex() or None)
-                columns["trace_state"].append(span.trace_state or None)
-                columns["name"].append(span.name)
-                columns["kind"].append(
-                    SPAN_KINDS[span.kind] if 0 <= span.kind < len(SPAN_KINDS) else "UNSPECIFIED"
-                )
-                columns["start_ns"].append(span.start_time_unix_nano)
-                columns["end_ns"].append(span.end_time_unix_nano)
-                code = span.status.code
-                columns["status_code"].append(
-                    STATUS_CODES[code] if 0 <= code < len(STATUS_CODES) else "UNSET"
-                )
-                columns["status_message"].append(span.status.message or None)
-                columns["service_name"].append(service_name)
-                columns["scope_name"].append(scope_name)
-                columns["scope_version"].append(scope_version)
-                columns["call_id"].append(str(call_id) if call_id is not None else None)
-                columns["source"].append(str(source) if source is not None else None)
-                columns["attributes"].append(_json(attributes))
-                columns["resource_attributes"].append(resource_json)
-                columns["events"].append(
-                    [
-                        {
-                            "time_ns": event.time_unix_nano,
-                            "name": event.name,
-                            "attributes": _json(attributes_dict(event.attributes)),
-                        }
-                        for event in span.events
-                    ]
-                )
-                columns["links"].append(
-                    _json(
-                        [
-                            {
-                                "trace_id": link.trace_id.hex(),
-                                "span_id": link.span_id.hex(),
-                                "attributes": attributes_dict(link.attributes),
-                            }
-                            for link in span.links
-                        ]
-                    )
-                    if span.links
-                    else None
-                )
-                columns["ingested_at_ns"].append(ingested_at_ns)
-    table = pa.Table.from_pydict(columns, schema=SPAN_SCHEMA)
-    return DecodedBatch(table=table, rejected=rejected, reasons=reasons)
-
-
 def _id_problem(raw: bytes, size: int, name: str) -> str | None:
     if len(raw) != size:
         return f"{name} has {len(raw)} bytes, expected {size}"
@@ -162,6 +156,197 @@ def _id_problem(raw: bytes, size: int, name: str) -> str | None:
     return None
 
 
+def span_problem(trace_id: bytes, span_id: bytes, parent_span_id: bytes) -> str | None:
+    """Why a span's ids make it unusable (OTLP: 16-byte trace id, 8-byte span id), or None."""
+    lengths_ok = len(trace_id) == 16 and len(span_id) == 8 and len(parent_span_id) in (0, 8)
+    if lengths_ok and any(trace_id) and any(span_id):
+        return None
+    problem = _id_problem(trace_id, 16, "trace_id") or _id_problem(span_id, 8, "span_id")
+    if problem is None and len(parent_span_id) not in (0, 8):
+        problem = f"parent_span_id has {len(parent_span_id)} bytes, expected 8 or none"
+    return problem
+
+
+def validate_request(request: ExportTraceServiceRequest) -> Validation:
+    """Count acceptable spans and describe rejected ones (bad ids). Does not modify the request."""
+    result = Validation()
+    for r_index, resource_spans in enumerate(request.resource_spans):
+        for s_index, scope_spans in enumerate(resource_spans.scope_spans):
+            for index, span in enumerate(scope_spans.spans):
+                trace_id = span.trace_id
+                span_id = span.span_id
+                if len(trace_id) == 16 and len(span_id) == 8 and any(trace_id) and any(span_id):
+                    parent = span.parent_span_id
+                    if not parent or len(parent) == 8:
+                        result.accepted += 1
+                        continue
+                problem = span_problem(trace_id, span_id, span.parent_span_id)
+                where = f"resource_spans[{r_index}].scope_spans[{s_index}].spans[{index}]"
+                result.reject(f"{where} (name {span.name!r}): {problem}")
+    return result
+
+
+def prune_rejected(request: ExportTraceServiceRequest) -> None:
+    """Remove, in place, every span `validate_request` would reject."""
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            keep = [
+                span
+                for span in scope_spans.spans
+                if span_problem(span.trace_id, span.span_id, span.parent_span_id) is None
+            ]
+            if len(keep) != len(scope_spans.spans):
+                kept = [type(span)() for span in keep]
+                for copy, span in zip(kept, keep, strict=True):
+                    copy.CopyFrom(span)
+                del scope_spans.spans[:]
+                scope_spans.spans.extend(kept)
+
+
+_KIND_NAMES = SPAN_KINDS
+_STATUS_NAMES = STATUS_CODES
+
+
+def request_to_table(request: ExportTraceServiceRequest, ingested_at_ns: int) -> DecodedBatch:
+    """Flatten a request into span rows. Spans with bad ids are rejected, not stored."""
+    trace_ids: list[str] = []
+    span_ids: list[str] = []
+    parent_ids: list[str | None] = []
+    trace_states: list[str | None] = []
+    names: list[str] = []
+    kinds: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    status_codes: list[str] = []
+    status_messages: list[str | None] = []
+    service_names: list[str | None] = []
+    scope_names: list[str | None] = []
+    scope_versions: list[str | None] = []
+    call_ids: list[str | None] = []
+    sources: list[str | None] = []
+    attributes_json: list[bytes] = []
+    resource_json: list[bytes] = []
+    links_json: list[bytes | None] = []
+    event_offsets: list[int] = [0]
+    event_times: list[int] = []
+    event_names: list[str] = []
+    event_attributes: list[bytes] = []
+    rejected = Validation()
+    n_kinds = len(_KIND_NAMES)
+    n_status = len(_STATUS_NAMES)
+
+    for resource_spans in request.resource_spans:
+        resource = attributes_dict(resource_spans.resource.attributes)
+        resource_text = to_json(resource)
+        service_name = resource.get("service.name")
+        service_name = str(service_name) if service_name is not None else None
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope
+            scope_name = scope.name or None
+            scope_version = scope.version or None
+            for span in scope_spans.spans:
+                trace_id = span.trace_id
+                span_id = span.span_id
+                parent = span.parent_span_id
+                problem = span_problem(trace_id, span_id, parent)
+                if problem is not None:
+                    rejected.reject(f"span {span.name!r}: {problem}")
+                    continue
+                attributes = attributes_dict(span.attributes)
+                call_id = attributes.get(CALL_ID_ATTRIBUTE)
+                source = attributes.get(SOURCE_ATTRIBUTE)
+                trace_ids.append(trace_id.hex())
+                span_ids.append(span_id.hex())
+                parent_ids.append(parent.hex() if parent else None)
+                trace_states.append(span.trace_state or None)
+                names.append(span.name)
+                kind = span.kind
+                kinds.append(_KIND_NAMES[kind] if 0 <= kind < n_kinds else "UNSPECIFIED")
+                starts.append(span.start_time_unix_nano)
+                ends.append(span.end_time_unix_nano)
+                status = span.status
+                code = status.code
+                status_codes.append(_STATUS_NAMES[code] if 0 <= code < n_status else "UNSET")
+                status_messages.append(status.message or None)
+                service_names.append(service_name)
+                scope_names.append(scope_name)
+                scope_versions.append(scope_version)
+                call_ids.append(str(call_id) if call_id is not None else None)
+                sources.append(str(source) if source is not None else None)
+                attributes_json.append(to_json(attributes))
+                resource_json.append(resource_text)
+                events = span.events
+                if events:
+                    for event in events:
+                        event_times.append(event.time_unix_nano)
+                        event_names.append(event.name)
+                        event_attributes.append(to_json(attributes_dict(event.attributes)))
+                event_offsets.append(len(event_times))
+                links = span.links
+                links_json.append(
+                    to_json(
+                        [
+                            {
+                                "trace_id": link.trace_id.hex(),
+                                "span_id": link.span_id.hex(),
+                                "attributes": attributes_dict(link.attributes),
+                            }
+                            for link in links
+                        ]
+                    )
+                    if links
+                    else None
+                )
+
+    count = len(trace_ids)
+    events_array = pa.ListArray.from_arrays(
+        pa.array(event_offsets, pa.int32()),
+        pa.StructArray.from_arrays(
+            [
+                pa.array(event_times, pa.int64()),
+                pa.array(event_names, pa.string()),
+                _json_array(event_attributes),
+            ],
+            fields=list(EVENT_TYPE),
+        ),
+        type=pa.list_(EVENT_TYPE),
+    )
+    columns = [
+        pa.array(trace_ids, pa.string()),
+        pa.array(span_ids, pa.string()),
+        pa.array(parent_ids, pa.string()),
+        pa.array(trace_states, pa.string()),
+        pa.array(names, pa.string()),
+        pa.array(kinds, pa.string()),
+        pa.array(starts, pa.int64()),
+        pa.array(ends, pa.int64()),
+        pa.array(status_codes, pa.string()),
+        pa.array(status_messages, pa.string()),
+        pa.array(service_names, pa.string()),
+        pa.array(scope_names, pa.string()),
+        pa.array(scope_versions, pa.string()),
+        pa.array(call_ids, pa.string()),
+        pa.array(sources, pa.string()),
+        _json_array(attributes_json),
+        _json_array(resource_json),
+        events_array,
+        _json_array(links_json),
+        pa.array([ingested_at_ns] * count, pa.int64()),
+    ]
+    table = pa.Table.from_arrays(columns, schema=SPAN_SCHEMA)
+    return DecodedBatch(table=table, rejected=rejected.rejected, reasons=rejected.reasons)
+
+
+def _json_array(values: list[bytes] | list[bytes | None]) -> pa.Array:
+    # orjson gives UTF-8 bytes; Arrow's binary->string cast validates UTF-8 in C, no Python decode.
+    return pa.array(values, pa.binary()).cast(pa.string())
+
+
 def decode_protobuf(body: bytes, ingested_at_ns: int) -> DecodedBatch:
     """Protobuf bytes to span rows."""
     return request_to_table(parse_protobuf(body), ingested_at_ns)
+
+
+def empty_table() -> pa.Table:
+    """A table with SPAN_SCHEMA and no rows."""
+    return SPAN_SCHEMA.empty_table()

@@ -254,14 +254,22 @@ class DataDir:
         """`DIR/spans/date=YYYY-MM-DD`."""
         return self.spans_dir / f"date={day}"
 
-    def write_segment(self, table: pa.Table, *, prefix: str = "seg") -> list[Path]:
+    def write_segment(
+        self, table: pa.Table, *, prefix: str = "seg", name: str | None = None, refresh: bool = True
+    ) -> list[Path]:
         """Write span rows as one new segment per UTC date. Atomic per file; returns the paths.
 
         The table must have SPAN_SCHEMA's columns (extra columns are dropped, order is fixed).
+        `name` (default: unique, from `prefix`) is the file name in every partition; an existing
+        file of that name is replaced atomically. `refresh=False` leaves the views database alone
+        (the caller refreshes it).
         """
-        table = table.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA)
+        if table.schema != SPAN_SCHEMA:
+            table = table.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA)
         paths: list[Path] = []
-        name = new_file_name(prefix)
+        name = name or new_file_name(prefix)
+        if not name.endswith(".parquet") or "/" in name:
+            raise StorageError(f"segment name {name!r} must be a plain name ending in .parquet")
         for day, rows in sorted(partition_by_date(table).items()):
             directory = self.partition_dir(day)
             if not directory.is_dir():
@@ -270,7 +278,7 @@ class DataDir:
                     fsync_dir(self.spans_dir)
             with self.partition_lock(exclusive=False):
                 paths.append(write_parquet_atomic(rows, directory / name, fsync=self.fsync))
-        if paths:
+        if paths and refresh:
             self.refresh_views_if_changed()
         return paths
 
