@@ -136,8 +136,9 @@ class DemoApp:
         self._skewed = await self._listen(
             skewed_sock, self.tls.server_context(), self._instrument(self._receive, provider, skewed_clock)
         )
+        untrusted_handler = self._instrument(self._receive, provider, None)
         self._untrusted = await self._listen(
-            untrusted_sock, self.untrusted_tls.server_context(), self._instrument(self._receive, provider, None)
+            untrusted_sock, self.untrusted_tls.server_context(), untrusted_handler
         )
         return self
 
@@ -244,12 +245,13 @@ class DemoApp:
             await asyncio.sleep(self.config.answer_url_stall_s)
         if scenario == "answer_url_not_json":
             return HTMLResponse("<html><body><h1>Welcome to Example Corp</h1></body></html>")
-        stream_url = self.stream_url(scenario)
+        action = {"type": "start_stream", "stream_url": self.stream_url(scenario), "track": "both"}
         if scenario == "no_stream_requested":
             # This call needs no live audio: only stop any stream (valid, and no start_stream).
-            return JSONResponse({"actions": [{"type": "stop_stream", "stream_url": stream_url, "track": "both"}]})
-        track = "speaker" if scenario == "invalid_track" else "both"
-        return JSONResponse({"actions": [{"type": "start_stream", "stream_url": stream_url, "track": track}]})
+            action["type"] = "stop_stream"
+        if scenario == "invalid_track":
+            action["track"] = "speaker"
+        return JSONResponse({"actions": [action]})
 
     def _on_webhook(self, event: Any) -> None:
         """The customer's own webhook processing (off the request path, per the collector)."""
