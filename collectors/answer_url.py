@@ -411,7 +411,7 @@ class AnswerUrlMiddleware:
         }
         server = scope.get("server") or (None, None)
         client = scope.get("client") or (None, None)
-        host, port = _host_header(headers.get("host"))
+        host, port = split_host(headers.get("host"))
         return AnswerUrlRequest(
             method=str(scope.get("method", "GET")),
             path=str(scope.get("path", "")),
@@ -426,7 +426,7 @@ class AnswerUrlMiddleware:
         )
 
 
-def _host_header(value: str | None) -> tuple[str | None, int | None]:
+def split_host(value: str | None) -> tuple[str | None, int | None]:
     """A Host header as (address, port); IPv6 brackets removed, as the semantic conventions ask."""
     if not value:
         return None, None
@@ -593,7 +593,7 @@ class AnswerUrlWSGIMiddleware:
                 complete = len(head) == length
                 environ["wsgi.input"] = _ReplayInput(head, stream, length - len(head))
         host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
-        address, port = _host_header(host)
+        address, port = split_host(host)
         server_port = environ.get("SERVER_PORT")
         headers = {
             name[5:].replace("_", "-").lower(): str(value)
