@@ -45,6 +45,7 @@ from websockets.http11 import Response as WsResponse
 
 import collectors
 from collectors.answer_url import AnswerUrlMiddleware
+from collectors.webhooks import Webhook, WebhookMiddleware
 from simulator.scenarios import SCENARIO_HEADER
 from simulator.serving import AsgiServer, TlsMaterial, bind_port, closed_port, port_of
 
@@ -101,6 +102,7 @@ class DemoApp:
         self.receiver_stats = ReceiverStats()
         self.webhook_events: Counter[str] = Counter()
         self._http: AsgiServer | None = None
+        self._webhooks: WebhookMiddleware | None = None
         self._receiver = _Listener()
         self._skewed = _Listener()
         self._untrusted = _Listener()
@@ -157,6 +159,9 @@ class DemoApp:
         if self._http is not None:
             await self._http.stop()
             self._http = None
+        if self._webhooks is not None:
+            await asyncio.to_thread(self._webhooks.close)
+            self._webhooks = None
 
     async def _listen(self, sock: Any, context: ssl.SSLContext, handler: StreamHandler) -> _Listener:
         server = await serve(
@@ -218,6 +223,7 @@ class DemoApp:
     # the answer_url and webhook app ---------------------------------------------------------
 
     def _http_app(self) -> Any:
+        """The customer's web app, with the answer_url and webhook collectors installed."""
         app = Starlette(
             routes=[
                 Route("/answer", self._answer, methods=["POST"]),
@@ -225,15 +231,10 @@ class DemoApp:
             ]
         )
         provider = self.config.tracer_provider
-        app.add_middleware(AnswerUrlMiddleware, path="/answer", tracer_provider=provider)
-        webhook_middleware = getattr(collectors, "WebhookMiddleware", None)
-        if webhook_middleware is not None:
-            app.add_middleware(
-                webhook_middleware, path="/webhooks", on_event=self._on_webhook, tracer_provider=provider
-            )
-        else:  # until the webhook collector lands
-            app.router.routes.append(Route("/webhooks", self._webhook_fallback, methods=["POST"]))
-        return app
+        self._webhooks = WebhookMiddleware(
+            app, path="/webhooks", on_event=self._on_webhook, tracer_provider=provider
+        )
+        return AnswerUrlMiddleware(self._webhooks, path="/answer", tracer_provider=provider)
 
     async def _answer(self, request: Request) -> Response:
         """The customer's answer_url: start a stream of both tracks to our receiver."""
@@ -253,15 +254,9 @@ class DemoApp:
             action["track"] = "speaker"
         return JSONResponse({"actions": [action]})
 
-    def _on_webhook(self, event: Any) -> None:
-        """The customer's own webhook processing (off the request path, per the collector)."""
-        name = getattr(event, "event", None) or (event.get("event") if isinstance(event, dict) else None)
-        self.webhook_events[str(name)] += 1
-
-    async def _webhook_fallback(self, request: Request) -> Response:
-        body = json.loads(await request.body())
-        self.webhook_events[str(body.get("event"))] += 1
-        return Response(status_code=204)
+    def _on_webhook(self, webhook: Webhook) -> None:
+        """The customer's own webhook processing (the collector runs it off the request path)."""
+        self.webhook_events[webhook.event] += 1
 
     # the stream receivers -------------------------------------------------------------------
 
