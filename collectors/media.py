@@ -490,6 +490,11 @@ class StreamStats:
         for track, stats in self.track_stats.items():
             attributes[f"minivoice.media.{track}.frames"] = stats.frames
             attributes[f"minivoice.media.{track}.bytes"] = stats.bytes
+        # A track announced in `start` that never sent a frame is the finding: show it as 0.
+        for track in self.tracks or ():
+            if track not in self.track_stats and len(track) <= 32 and track.replace("_", "").isalnum():
+                attributes.setdefault(f"minivoice.media.{track}.frames", 0)
+                attributes.setdefault(f"minivoice.media.{track}.bytes", 0)
         optional: dict[str, AttributeValue | None] = {
             "minivoice.stream_id": self.stream_id,
             "minivoice.stream.tracks": self.tracks,
