@@ -40,6 +40,7 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from pipeline.body import BodyError, BodyReader, BodyTooLarge, UnsupportedEncoding
+from pipeline.compaction import CompactionBusyError, clean_staging, compact
 from pipeline.otlp import OTLPDecodeError, Validation, parse_protobuf, prune_rejected, validate_request
 from pipeline.otlp_json import parse_json
 from pipeline.rollup import Roller, replay
@@ -76,6 +77,8 @@ class IngestOptions:
     wal_file_age_s: float = 2.0
     #: Worker processes that decode WAL files into segments (0: a thread of the ingest process).
     roll_processes: int = 0
+    #: Seconds between background compactions (pipeline.compaction); 0 turns them off.
+    compact_interval_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> IngestOptions:
@@ -103,10 +106,14 @@ class IngestService:
         self.inflight_bytes = 0
         self._wal: WriteAheadLog | None = None
         self._roller: Roller | None = None
+        self._stop = threading.Event()
+        self._compactor: threading.Thread | None = None
+        self.compactions = 0
 
     def start(self) -> None:
         """Create the data dir, replay a crashed predecessor's WAL, start the writer threads."""
         self.data.ensure()
+        clean_staging(self.data)
         replayed = replay(self.data)
         if replayed:
             logger.info(
@@ -123,9 +130,28 @@ class IngestService:
             max_file_bytes=self.options.wal_file_bytes,
             max_file_age_s=self.options.wal_file_age_s,
         )
+        if self.options.compact_interval_s > 0:
+            self._compactor = threading.Thread(
+                target=self._compact_loop, name="callscope-compact", daemon=True
+            )
+            self._compactor.start()
+
+    def _compact_loop(self) -> None:
+        while not self._stop.wait(self.options.compact_interval_s):
+            try:
+                compact(self.data)
+                self.compactions += 1
+            except CompactionBusyError:
+                pass  # `callscope compact` is running; next time
+            except Exception:  # compaction is an optimisation: never take ingest down for it
+                logger.exception("background compaction failed")
 
     def close(self) -> None:
         """Flush the WAL and roll everything into segments."""
+        self._stop.set()
+        if self._compactor is not None:
+            self._compactor.join()
+            self._compactor = None
         if self._wal is not None:
             self._wal.close()
         if self._roller is not None:
@@ -169,6 +195,7 @@ class IngestService:
             "rolled_spans": roller.rolled_spans if roller else 0,
             "roll_failures": roller.failures if roller else 0,
             "wal_fsyncs": self._wal.fsyncs if self._wal else 0,
+            "compactions": self.compactions,
         }
 
 
