@@ -57,11 +57,11 @@ CALL_LIST_COLUMNS = (
 
 #: Sort orders offered by the calls table: label -> ORDER BY clause.
 CALL_SORTS: dict[str, str] = {
-    "newest first": "first_seen_at DESC NULLS LAST, call_id",
-    "oldest first": "first_seen_at ASC NULLS LAST, call_id",
     "failures first": (
         "(failure_stage IS NULL OR failure_stage = 'none'), first_seen_at DESC NULLS LAST, call_id"
     ),
+    "newest first": "first_seen_at DESC NULLS LAST, call_id",
+    "oldest first": "first_seen_at ASC NULLS LAST, call_id",
     "call id": "call_id",
 }
 
@@ -73,6 +73,21 @@ _PHONE_QUERY = re.compile(r"^\+?[\d\s().\-/]{7,}$")
 
 class QueryError(ValueError):
     """A dashboard query was asked something it cannot answer (unknown column, bad window)."""
+
+
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+    """Run a query and return its result as a Polars DataFrame (through Arrow, no copy)."""
+
+    relation = con.sql(sql, params=list(params))
+    if relation is None:  # only for statements that do not read; every query here reads
+        raise QueryError(f"query returned no relation: {sql[:80]}")
+    return relation.pl()
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+    """The single row of an aggregate query (fetched to the end: DuckDB refuses half-read results)."""
+    rows = con.execute(sql, list(params)).fetchall()
+    return tuple(rows[0])
 
 
 # ---- filters ---------------------------------------------------------------------------------
@@ -167,15 +182,13 @@ def data_summary(con: duckdb.DuckDBPyConnection) -> DataSummary:
     present = views(con)
     calls, first_seen, last_seen = 0, None, None
     if "calls" in present:
-        calls, first_seen, last_seen = con.execute(
-            "SELECT count(*), min(first_seen_at), max(first_seen_at) FROM calls"
-        ).fetchone() or (0, None, None)
+        calls, first_seen, last_seen = _one(
+            con, "SELECT count(*), min(first_seen_at), max(first_seen_at) FROM calls"
+        )
     spans = orphans = 0
     if "spans_raw" in present:
         # spans_raw, not the de-duplicating view: a count does not need the window over every span.
-        spans, orphans = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE call_id IS NULL) FROM spans_raw"
-        ).fetchone() or (0, 0)
+        spans, orphans = _one(con, "SELECT count(*), count(*) FILTER (WHERE call_id IS NULL) FROM spans_raw")
     return DataSummary(int(calls), first_seen, last_seen, int(spans), int(orphans))
 
 
@@ -241,13 +254,13 @@ class Kpis:
 
 def _counts(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> WindowCounts:
     where, params = _where(flt)
-    row = con.execute(
+    calls, final, failures, in_progress = _one(
+        con,
         "SELECT count(*), count(*) FILTER (WHERE is_final), "
         f"count(*) FILTER (WHERE {_FAILED}), count(*) FILTER (WHERE NOT is_final) "
         f"FROM calls WHERE {where}",
         params,
-    ).fetchone()
-    calls, final, failures, in_progress = row or (0, 0, 0, 0)
+    )
     return WindowCounts(int(calls), int(final), int(failures), int(in_progress))
 
 
@@ -293,12 +306,13 @@ def failures_over_time(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: 
         )
     where, params = _where(flt)
     micros = int(bucket / timedelta(microseconds=1))
-    return con.execute(
+    return _frame(
+        con,
         f"SELECT time_bucket(to_microseconds(?), first_seen_at::TIMESTAMPTZ) AS bucket, verdict, "
         f"count(*) AS calls FROM calls WHERE {where} AND {_FAILED} "
         "GROUP BY ALL ORDER BY bucket, verdict",
         [micros, *params],
-    ).pl()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,14 +375,15 @@ def top_failures(con: duckdb.DuckDBPyConnection, flt: CallFilter, by: str, limit
             }
         )
     where, params = _where(flt)
-    return con.execute(
+    return _frame(
+        con,
         f"SELECT {by}, count(*) FILTER (WHERE {_FAILED}) AS failures, count(*) AS calls, "
         f"failures / nullif(count(*) FILTER (WHERE is_final), 0) AS failure_rate, "
         f"mode(verdict) FILTER (WHERE {_FAILED}) AS top_verdict "
         f"FROM calls WHERE {where} GROUP BY {by} HAVING failures > 0 "
         f"ORDER BY failures DESC, {by} LIMIT ?",
         [*params, limit],
-    ).pl()
+    )
 
 
 # ---- calls table -----------------------------------------------------------------------------
@@ -403,7 +418,7 @@ def search_calls(
     text: str = "",
     *,
     pii_key: str | None = None,
-    sort: str = "newest first",
+    sort: str = "failures first",
     limit: int = 500,
 ) -> CallsPage:
     """Calls matching the filter and a free-text search, sorted, at most `limit` rows.
@@ -449,12 +464,13 @@ def search_calls(
                 "OR application_id ILIKE ? ESCAPE '\\' OR verdict ILIKE ? ESCAPE '\\')"
             )
             params += [pattern] * 4
-    total_row = con.execute(f"SELECT count(*) FROM calls WHERE {where}", params).fetchone()
-    rows = con.execute(
+    (total,) = _one(con, f"SELECT count(*) FROM calls WHERE {where}", params)
+    rows = _frame(
+        con,
         f"SELECT {', '.join(shown)} FROM calls WHERE {where} ORDER BY {CALL_SORTS[sort]} LIMIT ?",
         [*params, limit],
-    ).pl()
-    return CallsPage(rows, int(total_row[0]) if total_row else 0, searched_phone, note)
+    )
+    return CallsPage(rows, int(total), searched_phone, note)
 
 
 def _like_escape(text: str) -> str:
@@ -469,11 +485,11 @@ def call_row(con: duckdb.DuckDBPyConnection, call_id: str) -> dict[str, Any] | N
     if "calls" not in views(con):
         return None
     cursor = con.execute("SELECT * FROM calls WHERE call_id = ? LIMIT 1", [call_id])
-    row = cursor.fetchone()
-    if row is None:
+    rows = cursor.fetchall()
+    if not rows:
         return None
     names = [d[0] for d in cursor.description or []]
-    return dict(zip(names, row, strict=True))
+    return dict(zip(names, rows[0], strict=True))
 
 
 def call_events(con: duckdb.DuckDBPyConnection, call_id: str) -> pl.DataFrame:
@@ -490,7 +506,7 @@ def call_events(con: duckdb.DuckDBPyConnection, call_id: str) -> pl.DataFrame:
                 "detail": pl.String,
             }
         )
-    return con.execute("SELECT * FROM call_events WHERE call_id = ? ORDER BY ts", [call_id]).pl()
+    return _frame(con, "SELECT * FROM call_events WHERE call_id = ? ORDER BY ts", [call_id])
 
 
 def call_spans(con: duckdb.DuckDBPyConnection, call_id: str) -> list[dict[str, Any]]:
@@ -542,10 +558,12 @@ class AnswerUrlResponse:
 
 
 def answer_url_response(spans: Sequence[Mapping[str, Any]]) -> AnswerUrlResponse | None:
-    """The last answer_url response of a call, with each problem attached to the line it is about.
+    """The last answer_url response of a call, pretty-printed, each problem attached to its line.
 
-    The problems are recomputed with the collectors' own validator, so each knows its action
-    index and field; the line holding `"<field>":` inside that action gets the message.
+    The problems are the ones the collector recorded (it saw the real body). The stored body is
+    re-read with the same validator only to learn each problem's action index and field, and the
+    line of that field (or of that action) carries the message. A body that is not JSON or was
+    cut short is shown as recorded, with the problems above it.
     """
     from collectors.actions import check_actions
 
@@ -560,38 +578,34 @@ def answer_url_response(spans: Sequence[Mapping[str, Any]]) -> AnswerUrlResponse
     recorded = [str(m) for m in attributes.get("minivoice.action.problem_messages") or []]
     if not isinstance(body, str):
         return AnswerUrlResponse(
-            int(status) if isinstance(status, int) else None,
-            False,
-            truncated,
-            (),
-            tuple(recorded or ["the answer_url response body was not recorded"]),
+            int(status) if isinstance(status, int) else None, False, truncated, (), tuple(recorded)
         )
+    # The collector validated the real body; trust its verdict. The body stored is redacted and may
+    # be cut short, so it is re-read only to find the line each problem is about.
+    recorded_codes = attributes.get("minivoice.action.problems")
     check = check_actions(body.encode("utf-8"))
-    if not check.is_json:
-        problems = tuple(recorded or [p.message for p in check.problems])
+    located = [
+        p for p in check.problems if recorded_codes is None or p.code in [str(c) for c in recorded_codes]
+    ]
+    if recorded_codes is None:
+        recorded = [p.message for p in check.problems]
+    code = int(status) if isinstance(status, int) else None
+    if not check.is_json or truncated:
         lines = tuple(ResponseLine(line) for line in body.splitlines() or [body])
-        return AnswerUrlResponse(
-            int(status) if isinstance(status, int) else None, False, truncated, lines, problems
-        )
+        return AnswerUrlResponse(code, check.is_json, truncated, lines, tuple(recorded))
     pretty = _pretty_lines(json.loads(body))
     attached: dict[int, list[str]] = {}
-    loose: list[str] = []
-    for problem in check.problems:
+    for problem in located:
         path: tuple[str | int, ...] = ("actions",)
         if problem.index is not None:
             path += (problem.index,)
         if problem.field and problem.field != "actions":
             path += (problem.field,)
         where = next((i for i, (_, p) in enumerate(pretty) if p == path), None)
-        if where is None or path == ():
-            loose.append(problem.message)
-        else:
+        if where is not None and problem.code != "not_an_object":
             attached.setdefault(where, []).append(problem.message)
     lines = tuple(ResponseLine(text, tuple(attached.get(i, ()))) for i, (text, _) in enumerate(pretty))
-    messages = [p.message for p in check.problems] or recorded
-    return AnswerUrlResponse(
-        int(status) if isinstance(status, int) else None, True, truncated, lines, tuple(messages)
-    )
+    return AnswerUrlResponse(code, True, truncated, lines, tuple(recorded))
 
 
 def _pretty_lines(
@@ -724,3 +738,37 @@ def timeline_marks(spans: Sequence[Mapping[str, Any]]) -> list[TimelineMark]:
                 TimelineMark(lane, str(span.get("name")), start, end, "problem" if failed else "span")
             )
     return sorted(marks, key=lambda m: (m.start, m.lane))
+
+
+def failures_by_verdict(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> list[tuple[str, str, int]]:
+    """(verdict, failure_stage, failed calls) in the window, most frequent first."""
+    if "calls" not in views(con):
+        return []
+    where, params = _where(flt)
+    rows = con.execute(
+        f"SELECT verdict, failure_stage, count(*) AS n FROM calls WHERE {where} AND {_FAILED} "
+        "GROUP BY ALL ORDER BY n DESC, verdict",
+        params,
+    ).fetchall()
+    return [(str(v), str(s), int(n)) for v, s, n in rows]
+
+
+def headline(
+    counts: WindowCounts, by_verdict: Sequence[tuple[str, str, int]], worst: Mapping[str, Any] | None
+) -> str:
+    """The overview's one-sentence answer: how many failed, at which step, and for whom (Markdown)."""
+    if counts.calls == 0:
+        return "No calls in this window."
+    if counts.final == 0:
+        return f"{counts.calls} calls, none final yet."
+    if counts.failures == 0:
+        return f"No failures: all {counts.final} final calls went through every step."
+    rate = counts.failures / counts.final
+    text = f"**{counts.failures:,} of {counts.final:,} final calls failed ({rate:.1%}).**"
+    if by_verdict:
+        verdict, stage, n = by_verdict[0]
+        text += f" Most failed at **{stage}**: `{verdict}` ({n:,} calls)."
+    if worst:
+        key = "application_id" if "application_id" in worst else "customer_id"
+        text += f" Most failures: {key.removesuffix('_id')} `{worst[key]}` ({worst['failures']:,})."
+    return text

@@ -1,0 +1,226 @@
+"""Benchmark: the dashboard's queries at 1M calls (issue 6). Not a test: prints figures.
+
+    .venv/bin/python bench/dashboard.py [--calls 1000000] [--repeat 7] [--keep DIR]
+
+Generates `calls` and `call_events` Parquet directly (vectorised NumPy, a realistic verdict mix over
+24 hours, about 8 events per call) into a data directory, then
+times with medians over `--repeat` runs:
+
+- the overview: every query the Overview page runs for one refresh (summary, filter options, KPIs
+  for the window and the one before, failures by verdict, over time, funnel, top applications and
+  customers), over the last 24 hours and over all time;
+- the call detail: the calls row, call_events and spans of one call;
+- a baseline in the same run: one bare `SELECT count(*) FROM calls` (the floor of any overview query).
+
+Targets: overview <= 1 s, call detail <= 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+# bench/pipeline.py would shadow the `pipeline` package: keep this directory off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+from collectors.identity import call_trace_id_hex  # noqa: E402
+from pipeline import dashboard_queries as q  # noqa: E402
+from pipeline.storage import DataDir  # noqa: E402
+
+#: Verdict mix: (verdict, failure_stage, share).
+MIX: tuple[tuple[str, str, float], ...] = (
+    ("ok", "none", 0.80),
+    ("no_stream", "none", 0.03),
+    ("in_progress", "none", 0.02),
+    ("answer_url_failed", "answer_url", 0.02),
+    ("invalid_action", "action", 0.03),
+    ("stream_not_connected", "connect", 0.03),
+    ("no_media", "media", 0.02),
+    ("stream_dropped", "stream", 0.03),
+    ("receiver_error", "stream", 0.005),
+    ("webhook_missing", "lifecycle", 0.005),
+    ("call_failed", "lifecycle", 0.01),
+)
+EVENTS_PER_CALL = 8
+_EVENT_NAMES = (
+    ("answer_url", "answer_url"),
+    ("webhook", "call.initiated"),
+    ("webhook", "call.answered"),
+    ("receiver", "connected"),
+    ("receiver", "first_media"),
+    ("receiver", "stop"),
+    ("receiver", "disconnected"),
+    ("webhook", "call.completed"),
+)
+
+
+def synthetic_calls(n: int, end: datetime, seed: int = 7) -> tuple[pa.Table, pa.Table]:
+    """`calls` and `call_events` tables for `n` calls first seen over the 24 hours before `end`."""
+    rng = np.random.default_rng(seed)
+    shares = np.array([m[2] for m in MIX])
+    kind = rng.choice(len(MIX), size=n, p=shares / shares.sum())
+    verdicts = np.array([m[0] for m in MIX], dtype=object)[kind]
+    stages = np.array([m[1] for m in MIX], dtype=object)[kind]
+    end_us = int(end.timestamp() * 1_000_000)
+    first_us = np.sort(end_us - rng.integers(0, 86_400 * 1_000_000, size=n))
+    duration_us = rng.integers(20, 600, size=n) * 1_000_000
+    call_ids = np.char.add("call_", np.char.zfill(np.arange(n).astype(str), 8)).astype(object)
+    apps = np.char.add("app_", rng.zipf(1.6, size=n).clip(1, 200).astype(str)).astype(object)
+    customers = np.char.add("cust_", rng.zipf(1.4, size=n).clip(1, 5000).astype(str)).astype(object)
+    streamed = ~np.isin(verdicts, ["answer_url_failed", "invalid_action", "no_stream"])
+    connected = streamed & (verdicts != "stream_not_connected")
+    media = connected & (verdicts != "no_media")
+    final = verdicts != "in_progress"
+
+    def ts(values: np.ndarray, mask: np.ndarray) -> pa.Array:
+        return pa.array(values, type=pa.timestamp("us", tz="UTC"), mask=~mask)
+
+    close_code = np.where(verdicts == "stream_dropped", 1006, 1000)
+    calls = pa.table(
+        {
+            "call_id": pa.array(call_ids, pa.string()),
+            "trace_id": pa.array([call_trace_id_hex(c) for c in call_ids], pa.string()),
+            "verdict": pa.array(verdicts, pa.string()),
+            "failure_stage": pa.array(stages, pa.string()),
+            "reason": pa.array(np.char.add("because ", verdicts.astype(str)).astype(object), pa.string()),
+            "next_step": pa.array(np.char.add("check ", stages.astype(str)).astype(object), pa.string()),
+            "is_final": pa.array(final),
+            "customer_id": pa.array(customers, pa.string()),
+            "application_id": pa.array(apps, pa.string()),
+            "direction": pa.array(np.where(rng.random(n) < 0.6, "inbound", "outbound").astype(object)),
+            "call_status": pa.array(
+                np.where(verdicts == "call_failed", "busy", np.where(final, "completed", None)), pa.string()
+            ),
+            "first_seen_at": ts(first_us, np.ones(n, bool)),
+            "answer_url_status": pa.array(np.where(verdicts == "answer_url_failed", 500, 200), pa.int32()),
+            "action_valid": pa.array(verdicts != "invalid_action"),
+            "stream_url": pa.array(
+                np.full(n, "wss://media.example.com/minivoice", dtype=object), pa.string()
+            ),
+            "track": pa.array(np.full(n, "both", dtype=object), pa.string()),
+            "connected_at": ts(first_us + 300_000, connected),
+            "first_media_at": ts(first_us + 400_000, media),
+            "last_media_at": ts(first_us + duration_us - 500_000, media),
+            "media_frames": pa.array(np.where(media, duration_us // 20_000, 0), pa.int64()),
+            "media_gap_max_ms": pa.array(np.where(media, rng.integers(20, 400, size=n), None), pa.int64()),
+            "disconnected_at": ts(first_us + duration_us - 100_000, connected),
+            "close_code": pa.array(np.where(connected, close_code, None), pa.int32()),
+            "closed_by": pa.array(
+                np.where(connected, np.where(close_code == 1006, "network", "platform"), None), pa.string()
+            ),
+            "completed_at": ts(first_us + duration_us, final & (verdicts != "webhook_missing")),
+            "webhook_count": pa.array(np.where(final, 3, 2), pa.int32()),
+            "duplicate_webhooks": pa.array(rng.integers(0, 2, size=n) * (rng.random(n) < 0.05), pa.int32()),
+            "receiver_clock_skew_ms": pa.array(rng.normal(0, 30, size=n).round(), pa.float64()),
+        }
+    )
+
+    offsets_us = np.array([0, 50_000, 100_000, 300_000, 400_000, -500_000, -100_000, 0])
+    from_end = np.array([False, False, False, False, False, True, True, True])
+    base = np.repeat(first_us, EVENTS_PER_CALL).reshape(n, EVENTS_PER_CALL)
+    ends = np.repeat(first_us + duration_us, EVENTS_PER_CALL).reshape(n, EVENTS_PER_CALL)
+    event_ts = np.where(from_end, ends, base) + offsets_us
+    sources = np.tile(np.array([s for s, _ in _EVENT_NAMES], dtype=object), n)
+    names = np.tile(np.array([e for _, e in _EVENT_NAMES], dtype=object), n)
+    events = pa.table(
+        {
+            "call_id": pa.array(np.repeat(call_ids, EVENTS_PER_CALL), pa.string()),
+            "ts": pa.array(event_ts.ravel(), pa.timestamp("us", tz="UTC")),
+            "source": pa.array(sources, pa.string()),
+            "event": pa.array(names, pa.string()),
+            "detail": pa.array(np.full(n * EVENTS_PER_CALL, "", dtype=object), pa.string()),
+        }
+    )
+    return calls, events
+
+
+def median_ms(fn: Callable[[], Any], repeat: int) -> float:
+    """Median wall time of `fn()` in milliseconds, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def overview_queries(data: DataDir, flt: q.CallFilter) -> None:
+    """Everything one Overview refresh runs, on a fresh read-only connection (as the page does)."""
+    with data.connect_readonly() as con:
+        q.filter_options(con)
+        q.data_summary(con)
+        q.kpis(con, flt)
+        q.failures_by_verdict(con, flt)
+        q.top_failures(con, flt, "application_id")
+        q.top_failures(con, flt, "customer_id")
+        q.funnel(con, flt)
+        q.failures_over_time(con, flt, timedelta(minutes=15))
+
+
+def detail_queries(data: DataDir, call_id: str) -> None:
+    """Everything the Call detail page reads for one call."""
+    with data.connect_readonly() as con:
+        q.call_row(con, call_id)
+        q.call_events(con, call_id)
+        q.call_spans(con, call_id)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--keep", type=Path, help="write the data directory here and keep it")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="callscope-bench-") as tmp:
+        data = DataDir(args.keep or tmp, fsync=False)
+        end = datetime.now(UTC)
+        started = time.perf_counter()
+        calls, events = synthetic_calls(args.calls, end)
+        data.write_table_file("calls", calls, refresh=False)
+        data.write_table_file("call_events", events)
+        print(
+            f"generated {calls.num_rows:,} calls and {events.num_rows:,} call_events "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+        last_day = q.last(timedelta(hours=24), end)
+        everything = q.CallFilter()
+        probe = calls["call_id"][calls.num_rows // 2].as_py()
+
+        def floor() -> None:
+            with data.connect_readonly() as con:
+                con.execute("SELECT count(*) FROM calls").fetchall()
+
+        figures = {
+            "floor: count(*) FROM calls": median_ms(floor, args.repeat),
+            "overview, last 24 hours": median_ms(lambda: overview_queries(data, last_day), args.repeat),
+            "overview, all time": median_ms(lambda: overview_queries(data, everything), args.repeat),
+            "call detail": median_ms(lambda: detail_queries(data, probe), args.repeat),
+        }
+        base = figures["floor: count(*) FROM calls"]
+        print(f"{args.calls:,} calls, median of {args.repeat} runs")
+        for name, ms in figures.items():
+            print(f"  {name:<28} {ms:8.1f} ms   {ms / base:6.1f}x floor")
+        overview = max(figures["overview, last 24 hours"], figures["overview, all time"])
+        print(f"overview target 1000 ms: {'met' if overview <= 1000 else 'MISSED'} ({overview:.0f} ms)")
+        detail = figures["call detail"]
+        print(f"call detail target 100 ms: {'met' if detail <= 100 else 'MISSED'} ({detail:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()

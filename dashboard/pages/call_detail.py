@@ -1,0 +1,271 @@
+"""Call detail: one call's whole story. The URL `.../call?call_id=<id>` is shareable."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+import altair as alt
+import polars as pl
+import streamlit as st
+
+from dashboard import ui
+from pipeline import dashboard_queries as q
+
+settings = ui.settings()
+
+st.title("Call detail")
+call_id = st.text_input(
+    "Call id",
+    key="call_id",
+    bind="query-params",
+    placeholder="call_123 (or open a call from the Calls page)",
+).strip()
+if not call_id:
+    st.info("Enter a call id, or open a call from the **Calls** page.", icon=":material/search:")
+    st.stop()
+
+with ui.connection() as con:
+    call = q.call_row(con, call_id)
+    events = q.call_events(con, call_id)
+    spans = q.call_spans(con, call_id)
+
+if call is None and not spans:
+    st.warning(
+        f"Nothing is stored about call `{call_id}` in `{settings.data_dir}`. Check the id (search it on the "
+        "**Calls** page), and that the collectors send to this data directory.",
+        icon=":material/search_off:",
+    )
+    st.stop()
+
+
+def _when(value: Any) -> str:
+    return "–" if value is None else f"{value:%H:%M:%S.%f}"[:-3]
+
+
+def banner(call: dict[str, Any]) -> None:
+    """The verdict, the next step first, then the reason, in the verdict's colour."""
+    verdict = str(call.get("verdict") or "unknown")
+    stage = str(call.get("failure_stage") or "none")
+    meaning = ui.VERDICT_MEANINGS.get(verdict, "")
+    lines = [f"### {verdict}" + (f" · failed at **{stage}**" if stage != "none" else "")]
+    if call.get("next_step"):
+        lines.append(f"**Next step:** {call['next_step']}")
+    if call.get("reason"):
+        lines.append(f"**Why:** {call['reason']}")
+    elif meaning:
+        lines.append(meaning)
+    body = "\n\n".join(lines)
+    if stage != "none":
+        st.error(body, icon=":material/error:")
+    elif verdict == "ok":
+        st.success(body, icon=":material/check_circle:")
+    else:
+        st.info(body, icon=":material/hourglass_top:" if verdict == "in_progress" else ":material/info:")
+
+
+if call is None:
+    st.warning(
+        "Spans are stored for this call, but its timeline is not built yet: run "
+        f"`callscope build --data {settings.data_dir}` (or keep `--follow` running).",
+        icon=":material/build:",
+    )
+else:
+    banner(call)
+    facts = st.columns(5)
+    status = call.get("answer_url_status")
+    facts[0].metric(
+        "answer_url",
+        "–" if status is None else str(status),
+        None
+        if call.get("action_valid") is None
+        else ("valid action" if call["action_valid"] else "invalid action"),
+        delta_color="normal" if call.get("action_valid") else "inverse",
+        delta_arrow="off",
+        border=True,
+    )
+    facts[1].metric(
+        "stream",
+        "connected" if call.get("connected_at") is not None else "not connected",
+        f"{int(call.get('media_frames') or 0):,} media frames",
+        delta_color="off",
+        delta_arrow="off",
+        border=True,
+    )
+    code = call.get("close_code")
+    facts[2].metric(
+        "close",
+        "–" if code is None else str(code),
+        f"by {call['closed_by']}" if call.get("closed_by") else None,
+        delta_color="off",
+        delta_arrow="off",
+        border=True,
+    )
+    duplicates = int(call.get("duplicate_webhooks") or 0)
+    facts[3].metric(
+        "webhooks",
+        str(call.get("webhook_count") or 0),
+        f"{duplicates} duplicates" if duplicates else None,
+        delta_color="off",
+        delta_arrow="off",
+        border=True,
+    )
+    facts[4].metric("call status", str(call.get("call_status") or "–"), border=True)
+    note = q.clock_skew_note(call)
+    if note:
+        st.warning(note, icon=":material/schedule:")
+    st.caption(
+        f"application `{call.get('application_id')}` · customer `{call.get('customer_id')}` · "
+        f"{call.get('direction') or '?'} · first seen {call.get('first_seen_at')} · "
+        f"stream_url `{call.get('stream_url') or '–'}` · track `{call.get('track') or '–'}`"
+    )
+
+links = st.columns([1, 1, 3])
+trace_id = (call or {}).get("trace_id") or spans[0]["trace_id"]
+links[0].link_button(
+    "Open in Jaeger", f"{settings.jaeger_url}/trace/{trace_id}", icon=":material/open_in_new:"
+)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def trace_file(data_dir: str, call_id: str) -> str:
+    """The OTLP JSON trace (as `callscope export-trace` writes it), made once per 30 s per call."""
+    from pipeline.jaeger import trace_document
+
+    return json.dumps(trace_document(data_dir, call_id, "otlp-json"), ensure_ascii=False, indent=1)
+
+
+links[1].download_button(
+    "Download trace",
+    data=trace_file(str(settings.data_dir), call_id),
+    file_name=f"{call_id}.otlp.json",
+    mime="application/json",
+    icon=":material/download:",
+    help="OTLP JSON, as Jaeger UI's Upload JSON accepts it (root minivoice.call span included).",
+    on_click="ignore",
+)
+
+st.subheader("Timeline")
+marks = q.timeline_marks(spans)
+if marks:
+    data = pl.DataFrame(
+        {
+            "lane": [m.lane for m in marks],
+            "label": [m.label for m in marks],
+            "start": [m.start for m in marks],
+            "end": [m.end for m in marks],
+            "kind": [m.kind for m in marks],
+            "detail": [m.detail for m in marks],
+            "bar": [m.end > m.start and m.label in ("answer_url", "stream connection") for m in marks],
+        }
+    )
+    lanes = [lane for lane in ("answer_url", "stream", "webhooks", "call") if lane in set(data["lane"])]
+    lanes += sorted(set(data["lane"]) - set(lanes))
+    colour = alt.Color(
+        "kind:N",
+        scale=alt.Scale(domain=["span", "event", "problem"], range=["#94a3b8", "#2563eb", "#dc2626"]),
+        legend=None,
+    )
+    y = alt.Y("lane:N", sort=lanes, title=None)
+    tooltip = [
+        "label:N",
+        "detail:N",
+        alt.Tooltip("start:T", format="%H:%M:%S.%L"),
+        alt.Tooltip("end:T", format="%H:%M:%S.%L"),
+    ]
+    base = alt.Chart(data)
+    bars = (
+        base.transform_filter("datum.bar")
+        .mark_bar(height=14, opacity=0.5)
+        .encode(
+            x=alt.X("start:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S")),
+            x2="end:T",
+            y=y,
+            color=colour,
+            tooltip=tooltip,
+        )
+    )
+    points = (
+        base.transform_filter("!datum.bar")
+        .mark_point(filled=True, size=90)
+        .encode(x="start:T", y=y, color=colour, shape=alt.Shape("kind:N", legend=None), tooltip=tooltip)
+    )
+    labels = (
+        base.transform_filter("!datum.bar")
+        .mark_text(align="left", angle=330, dx=6, dy=-8, fontSize=11)
+        .encode(x="start:T", y=y, text="label:N", color=colour)
+    )
+    st.altair_chart((bars + points + labels).properties(height=90 + 60 * len(lanes)), width="stretch")
+else:
+    st.caption("No spans stored for this call.")
+
+if events.height:
+    with st.expander(f"Timeline events ({events.height})", expanded=False):
+        st.dataframe(events.drop("call_id"), hide_index=True, key="events_table")
+
+st.subheader("answer_url response")
+response = q.answer_url_response(spans)
+if response is None:
+    st.caption(
+        "No answer_url span: MiniVoice never called the answer_url, or its collector is not installed."
+    )
+else:
+    meta = [f"HTTP {response.status_code}" if response.status_code is not None else "no HTTP status"]
+    if response.truncated:
+        meta.append("body truncated by the collector")
+    st.caption(" · ".join(meta))
+    for problem in response.problems:
+        st.error(problem, icon=":material/block:")
+    if response.lines:
+        rows = []
+        for line in response.lines:
+            text = html.escape(line.text)
+            if line.problems:
+                notes = html.escape(" / ".join(line.problems))
+                rows.append(
+                    f'<div style="background:#fee2e2;border-left:4px solid #dc2626;padding-left:4px">'
+                    f'{text}  <span style="color:#991b1b">← {notes}</span></div>'
+                )
+            else:
+                rows.append(f'<div style="padding-left:8px">{text or "&nbsp;"}</div>')
+        st.html(
+            '<pre style="font-size:0.85rem;line-height:1.35;white-space:pre-wrap;margin:0">'
+            + "".join(rows)
+            + "</pre>"
+        )
+    elif not response.problems:
+        st.caption("The response body was not recorded.")
+
+st.subheader("Raw spans")
+st.caption(f"{len(spans)} spans in trace `{trace_id}` (as stored; times in UTC epoch nanoseconds).")
+if spans:
+    table = pl.DataFrame(
+        {
+            "source": [s.get("source") for s in spans],
+            "name": [s.get("name") for s in spans],
+            "status": [s.get("status_code") for s in spans],
+            "start_ns": [s.get("start_ns") for s in spans],
+            "duration_ms": [(int(s["end_ns"]) - int(s["start_ns"])) / 1e6 for s in spans],
+            "span_id": [s.get("span_id") for s in spans],
+            "service": [s.get("service_name") for s in spans],
+        }
+    )
+    st.dataframe(table, hide_index=True, key="spans_table")
+    for span in spans:
+        with st.expander(f"{span.get('source') or '?'} · {span.get('name')} · {span.get('span_id')}"):
+            st.json(
+                {
+                    "attributes": q.span_attributes(span),
+                    "events": [
+                        {
+                            "time_ns": e["time_ns"],
+                            "name": e["name"],
+                            "attributes": json.loads(e["attributes"] or "{}"),
+                        }
+                        for e in span.get("events") or []
+                    ],
+                    "status": {"code": span.get("status_code"), "message": span.get("status_message")},
+                },
+                expanded=False,
+            )

@@ -1,0 +1,176 @@
+"""Layout helpers shared by the pages: settings, the read-only connection, the sidebar, verdict colours.
+
+Layout only: every number shown comes from `pipeline.dashboard_queries`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import streamlit as st
+
+from pipeline.dashboard_queries import CallFilter, FilterOptions
+from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    import duckdb
+
+#: One colour per verdict, the same on every chart: reds and oranges for the early (configuration)
+#: stages, purples for the stream, blue-greys for the lifecycle; green ok, grey no_stream, blue in_progress.
+VERDICT_COLOURS: dict[str, str] = {
+    "answer_url_failed": "#991b1b",
+    "invalid_action": "#dc2626",
+    "stream_not_connected": "#ea580c",
+    "no_media": "#d97706",
+    "stream_dropped": "#c026d3",
+    "receiver_error": "#7c3aed",
+    "webhook_missing": "#0e7490",
+    "call_failed": "#475569",
+    "ok": "#16a34a",
+    "no_stream": "#9ca3af",
+    "in_progress": "#2563eb",
+}
+
+#: What each verdict means, in plain words (issue 4's table).
+VERDICT_MEANINGS: dict[str, str] = {
+    "answer_url_failed": "the answer_url errored, timed out or returned non-JSON",
+    "invalid_action": "MiniVoice refused the start_stream action",
+    "stream_not_connected": "a valid start_stream, but the receiver never saw the connection",
+    "no_media": "connected, but no media arrived",
+    "stream_dropped": "the stream ended before the call did, without a stop",
+    "receiver_error": "the receiver recorded errors handling the stream",
+    "webhook_missing": "no call.completed arrived in time",
+    "call_failed": "the call itself failed (busy, no-answer, canceled, failed)",
+    "ok": "every step consistent",
+    "no_stream": "answer_url asked for no stream (not a failure)",
+    "in_progress": "not final yet",
+}
+
+TIME_RANGES: dict[str, timedelta | None] = {
+    "Last 15 minutes": timedelta(minutes=15),
+    "Last hour": timedelta(hours=1),
+    "Last 6 hours": timedelta(hours=6),
+    "Last 24 hours": timedelta(hours=24),
+    "Last 7 days": timedelta(days=7),
+    "All time": None,
+}
+DEFAULT_TIME_RANGE = "Last 24 hours"
+
+
+def settings() -> Settings:
+    """This run's settings. Read per script run (cheap), so a changed environment needs no restart."""
+    return Settings.from_environ()
+
+
+@contextlib.contextmanager
+def connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only DuckDB connection over the data directory's views, closed after the run."""
+    from pipeline.storage import DataDir
+
+    con = DataDir(settings().data_dir).connect_readonly()
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def sidebar_filters(options: FilterOptions) -> None:
+    """Draw the sidebar filters: time range, application, customer, direction, verdict.
+
+    Their values live in the session (`persist_state="session"`), so they survive page switches;
+    read them with `current_filter`.
+    """
+    keep = {"persist_state": "session"}
+    with st.sidebar:
+        st.header("Filters")
+        st.selectbox("Time range", list(TIME_RANGES), index=3, key="f_range", **keep)
+        st.multiselect("Application", _offer("f_apps", options.application_ids), key="f_apps", **keep)
+        st.multiselect("Customer", _offer("f_customers", options.customer_ids), key="f_customers", **keep)
+        st.multiselect("Direction", _offer("f_directions", options.directions), key="f_directions", **keep)
+        st.multiselect("Verdict", _offer("f_verdicts", options.verdicts), key="f_verdicts", **keep)
+
+
+def _offer(key: str, options: list[str]) -> list[str]:
+    """A multiselect's options, plus any chosen value no longer in the data (so it stays chosen)."""
+    chosen = [v for v in st.session_state.get(key) or [] if v not in options]
+    return [*options, *chosen]
+
+
+def current_filter(now: datetime) -> tuple[CallFilter, str]:
+    """The sidebar's filter as of `now`, and the time range's label."""
+    state = st.session_state
+    label = state.get("f_range") or DEFAULT_TIME_RANGE
+    window = TIME_RANGES.get(label)
+    flt = CallFilter(
+        start=None if window is None else now - window,
+        end=None if window is None else now,
+        application_ids=tuple(state.get("f_apps") or ()),
+        customer_ids=tuple(state.get("f_customers") or ()),
+        directions=tuple(state.get("f_directions") or ()),
+        verdicts=tuple(state.get("f_verdicts") or ()),
+    )
+    return flt, label
+
+
+def live_controls() -> float | None:
+    """The live auto-refresh toggle; returns the refresh interval in seconds, or None when off."""
+    with st.sidebar:
+        st.divider()
+        live = st.toggle(
+            "Live (auto-refresh)",
+            key="f_live",
+            persist_state="session",
+            help="Re-run the queries every few seconds, as new calls are built.",
+        )
+        every = st.select_slider(
+            "Every (seconds)", options=[5, 10, 30, 60], value=10, key="f_every", persist_state="session"
+        )
+    return float(every) if live else None
+
+
+def now() -> datetime:
+    """The wall clock, in UTC (the pages' one clock read)."""
+    return datetime.now(UTC)
+
+
+def verdict_badge(verdict: str | None) -> str:
+    """Markdown for a verdict in its colour."""
+    name = verdict or "unknown"
+    colour = VERDICT_COLOURS.get(name, "#334155")
+    return f":{_markdown_colour(colour)}-badge[{name}]"
+
+
+def _markdown_colour(colour: str) -> str:
+    # st.markdown's badge colours are named; map our palette to the nearest name.
+    return {
+        "#991b1b": "red",
+        "#dc2626": "red",
+        "#ea580c": "orange",
+        "#d97706": "orange",
+        "#c026d3": "violet",
+        "#7c3aed": "violet",
+        "#0e7490": "blue",
+        "#475569": "gray",
+        "#16a34a": "green",
+        "#9ca3af": "gray",
+        "#2563eb": "blue",
+    }.get(colour, "gray")
+
+
+def how_to_get_data(data_dir: str) -> str:
+    """Markdown shown on an empty data directory: how to fill it."""
+    return f"""
+**No calls in `{data_dir}` yet.** To see something here:
+
+1. **Try the demo** (simulated MiniVoice calls of every failure scenario, end to end):
+   `callscope demo --data {data_dir}`
+2. **Or record your own calls**: run `callscope ingest --data {data_dir}` (OTLP/HTTP on :4318), point the
+   collectors in your answer_url app, stream receiver and webhook app at it
+   (`OTEL_EXPORTER_OTLP_ENDPOINT=http://<this host>:4318`), and keep the timelines built with
+   `callscope build --data {data_dir} --follow`.
+
+This page refreshes itself when calls arrive if you turn on **Live** in the sidebar.
+"""
