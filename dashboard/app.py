@@ -14,11 +14,11 @@ HERE = Path(__file__).resolve().parent
 st.set_page_config(page_title="callscope", page_icon=":material/call:", layout="wide")
 
 PAGES = [
-    st.Page(HERE / "pages" / "overview.py", title="Overview", icon=":material/monitoring:", default=True),
-    st.Page(HERE / "pages" / "calls.py", title="Calls", icon=":material/list:", url_path="calls"),
+    st.Page(HERE / "screens" / "overview.py", title="Overview", icon=":material/monitoring:", default=True),
+    st.Page(HERE / "screens" / "calls.py", title="Calls", icon=":material/list:", url_path="calls"),
     st.Page(
-        HERE / "pages" / "call_detail.py", title="Call detail", icon=":material/timeline:", url_path="call"
+        HERE / "screens" / "call_detail.py", title="Call detail", icon=":material/timeline:", url_path="call"
     ),
-    st.Page(HERE / "pages" / "sql.py", title="SQL", icon=":material/database:", url_path="sql"),
+    st.Page(HERE / "screens" / "sql.py", title="SQL", icon=":material/database:", url_path="sql"),
 ]
 st.navigation(PAGES).run()

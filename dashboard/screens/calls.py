@@ -68,4 +68,4 @@ event = st.dataframe(
 selected = event.selection.rows if event is not None else []
 if selected:
     call_id = page.rows["call_id"][selected[0]]
-    st.switch_page("pages/call_detail.py", query_params={"call_id": call_id})
+    st.switch_page("screens/call_detail.py", query_params={"call_id": call_id})

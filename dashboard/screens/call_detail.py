@@ -121,6 +121,63 @@ else:
         f"stream_url `{call.get('stream_url') or '–'}` · track `{call.get('track') or '–'}`"
     )
 
+LANE_ORDER = ("answer_url", "stream", "webhooks", "call")
+KIND_COLOURS = {"span": "#94a3b8", "event": "#2563eb", "problem": "#dc2626"}
+
+
+def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart:
+    """Bars for spans with a duration, points for the rest, labels staggered so close ones stay legible."""
+    rows: list[dict[str, Any]] = []
+    seen_in_lane: dict[str, int] = {}
+    for mark in marks:
+        bar = mark.end > mark.start and mark.label in ("answer_url", "stream connection")
+        n = seen_in_lane.get(mark.lane, 0)
+        seen_in_lane[mark.lane] = n + 1
+        rows.append(
+            {
+                "lane": mark.lane,
+                "label": mark.label,
+                "start": mark.start,
+                "end": mark.end,
+                "kind": mark.kind,
+                "detail": mark.detail,
+                "bar": bar,
+                "tier": n % 3,
+            }
+        )
+    data = pl.DataFrame(rows)
+    lanes = [lane for lane in LANE_ORDER if lane in seen_in_lane] + sorted(
+        set(seen_in_lane) - set(LANE_ORDER)
+    )
+    colour = alt.Color(
+        "kind:N", scale=alt.Scale(domain=list(KIND_COLOURS), range=list(KIND_COLOURS.values())), legend=None
+    )
+    x = alt.X("start:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S"))
+    y = alt.Y("lane:N", sort=lanes, title=None)
+    tooltip = [
+        alt.Tooltip("label:N"),
+        alt.Tooltip("detail:N"),
+        alt.Tooltip("start:T", format="%H:%M:%S.%L"),
+        alt.Tooltip("end:T", format="%H:%M:%S.%L"),
+    ]
+    base = alt.Chart(data)
+    layers: list[alt.Chart] = [
+        base.transform_filter("datum.bar")
+        .mark_bar(height=16, opacity=0.6)
+        .encode(x=x, x2="end:T", y=y, color=colour, tooltip=tooltip),
+        base.transform_filter("!datum.bar")
+        .mark_point(filled=True, size=100, opacity=1)
+        .encode(x=x, y=y, color=colour, shape=alt.Shape("kind:N", legend=None), tooltip=tooltip),
+    ]
+    for tier in range(3):
+        layers.append(
+            base.transform_filter(f"datum.tier == {tier}")
+            .mark_text(align="left", dx=5, dy=-12 - 12 * tier, fontSize=11)
+            .encode(x=x, y=y, text="label:N", color=colour)
+        )
+    return alt.layer(*layers).properties(height=60 + 90 * len(lanes))
+
+
 links = st.columns([1, 1, 3])
 trace_id = (call or {}).get("trace_id") or spans[0]["trace_id"]
 links[0].link_button(
@@ -149,54 +206,12 @@ links[1].download_button(
 st.subheader("Timeline")
 marks = q.timeline_marks(spans)
 if marks:
-    data = pl.DataFrame(
-        {
-            "lane": [m.lane for m in marks],
-            "label": [m.label for m in marks],
-            "start": [m.start for m in marks],
-            "end": [m.end for m in marks],
-            "kind": [m.kind for m in marks],
-            "detail": [m.detail for m in marks],
-            "bar": [m.end > m.start and m.label in ("answer_url", "stream connection") for m in marks],
-        }
+    st.altair_chart(timeline_chart(marks), width="stretch")
+    st.caption(
+        "One time axis (UTC). Bars: the answer_url request and the stream connection, open to close. "
+        "Points: stream events, the disconnect (close code, who closed it) and each webhook. "
+        "Red marks a problem."
     )
-    lanes = [lane for lane in ("answer_url", "stream", "webhooks", "call") if lane in set(data["lane"])]
-    lanes += sorted(set(data["lane"]) - set(lanes))
-    colour = alt.Color(
-        "kind:N",
-        scale=alt.Scale(domain=["span", "event", "problem"], range=["#94a3b8", "#2563eb", "#dc2626"]),
-        legend=None,
-    )
-    y = alt.Y("lane:N", sort=lanes, title=None)
-    tooltip = [
-        "label:N",
-        "detail:N",
-        alt.Tooltip("start:T", format="%H:%M:%S.%L"),
-        alt.Tooltip("end:T", format="%H:%M:%S.%L"),
-    ]
-    base = alt.Chart(data)
-    bars = (
-        base.transform_filter("datum.bar")
-        .mark_bar(height=14, opacity=0.5)
-        .encode(
-            x=alt.X("start:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S")),
-            x2="end:T",
-            y=y,
-            color=colour,
-            tooltip=tooltip,
-        )
-    )
-    points = (
-        base.transform_filter("!datum.bar")
-        .mark_point(filled=True, size=90)
-        .encode(x="start:T", y=y, color=colour, shape=alt.Shape("kind:N", legend=None), tooltip=tooltip)
-    )
-    labels = (
-        base.transform_filter("!datum.bar")
-        .mark_text(align="left", angle=330, dx=6, dy=-8, fontSize=11)
-        .encode(x="start:T", y=y, text="label:N", color=colour)
-    )
-    st.altair_chart((bars + points + labels).properties(height=90 + 60 * len(lanes)), width="stretch")
 else:
     st.caption("No spans stored for this call.")
 
@@ -238,14 +253,14 @@ else:
         st.caption("The response body was not recorded.")
 
 st.subheader("Raw spans")
-st.caption(f"{len(spans)} spans in trace `{trace_id}` (as stored; times in UTC epoch nanoseconds).")
+st.caption(f"{len(spans)} spans in trace `{trace_id}` (as stored).")
 if spans:
     table = pl.DataFrame(
         {
             "source": [s.get("source") for s in spans],
             "name": [s.get("name") for s in spans],
             "status": [s.get("status_code") for s in spans],
-            "start_ns": [s.get("start_ns") for s in spans],
+            "start (UTC)": [q.span_time(int(s["start_ns"])) for s in spans],
             "duration_ms": [(int(s["end_ns"]) - int(s["start_ns"])) / 1e6 for s in spans],
             "span_id": [s.get("span_id") for s in spans],
             "service": [s.get("service_name") for s in spans],
