@@ -5,6 +5,7 @@ Runtime dependencies are the OpenTelemetry SDK and its OTLP exporter only; the A
 """
 
 from collectors.actions import ActionCheck, ActionProblem, check_actions, validate_actions
+from collectors.answer_url import AnswerUrlMiddleware, AnswerUrlRequest, AnswerUrlWSGIMiddleware
 from collectors.counters import guard, guarded, stats
 from collectors.identity import (
     call_parent,
@@ -17,10 +18,18 @@ from collectors.identity import (
 from collectors.logs import write_logs_to
 from collectors.privacy import hash_phone, mask_phone, phone_attributes, redact_text, redact_url
 from collectors.tracing import configure, get_tracer, start_call_span
+from collectors.webhooks import Webhook, WebhookCollector, WebhookMiddleware, WebhookProblem, parse_webhook
 
 __all__ = [
     "ActionCheck",
     "ActionProblem",
+    "AnswerUrlMiddleware",
+    "AnswerUrlRequest",
+    "AnswerUrlWSGIMiddleware",
+    "Webhook",
+    "WebhookCollector",
+    "WebhookMiddleware",
+    "WebhookProblem",
     "call_parent",
     "call_root_context",
     "call_root_span_id",
@@ -34,6 +43,7 @@ __all__ = [
     "guarded",
     "hash_phone",
     "mask_phone",
+    "parse_webhook",
     "phone_attributes",
     "redact_text",
     "redact_url",

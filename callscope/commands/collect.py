@@ -1,10 +1,11 @@
-"""Collector-side commands: validate."""
+"""Collector-side commands: validate, backfill."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -38,5 +39,119 @@ def validate(
     raise typer.Exit(0 if result.valid else 1)
 
 
+#: Exit codes of `callscope backfill`.
+EXIT_BAD_LINES = 1
+EXIT_NOT_DELIVERED = 3
+MAX_BAD_LINES_SHOWN = 50
+
+
+def backfill(
+    answer_url: Annotated[
+        Path | None,
+        typer.Option("--answer-url", metavar="FILE", help="JSON-lines log of the answer_url collector."),
+    ] = None,
+    receiver: Annotated[
+        Path | None,
+        typer.Option("--receiver", metavar="FILE", help="JSON-lines log of the stream receiver collector."),
+    ] = None,
+    webhooks: Annotated[
+        Path | None,
+        typer.Option("--webhooks", metavar="FILE", help="JSON-lines log of the webhook collector."),
+    ] = None,
+    endpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--endpoint",
+            metavar="URL",
+            help="OTLP/HTTP traces URL; repeat for several. Default: CALLSCOPE_OTLP_ENDPOINTS, "
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, then localhost:4318.",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Re-emit spans from the collectors' JSON log lines, with their original timestamps.
+
+    Reads the logs written by the answer_url, receiver and webhook collectors
+    (docs/collector-logs.md) and sends each good line as a span over OTLP/HTTP. A bad line is
+    reported as FILE:LINE: reason and skipped; every good line is sent. Original span ids are
+    kept, so backfilling the same file twice stores one copy.
+
+    Exit codes: 0 all lines sent; 1 some lines were bad (the good ones were sent);
+    3 the exporter could not deliver every span (endpoint down or refusing); 2 usage error.
+
+    Example: callscope backfill --answer-url logs/answer_url.jsonl --webhooks logs/webhooks.jsonl
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from collectors import backfill as library
+    from collectors.privacy import pii_key
+    from collectors.tracing import ConfigurationError, resolve_endpoints
+
+    files = [
+        (source, path)
+        for source, path in (("answer_url", answer_url), ("receiver", receiver), ("webhook", webhooks))
+        if path is not None
+    ]
+    if not files:
+        raise typer.BadParameter("give at least one of --answer-url, --receiver, --webhooks")
+    for source, path in files:
+        if not path.is_file():
+            option = "--webhooks" if source == "webhook" else "--" + source.replace("_", "-")
+            raise typer.BadParameter(f"{path} is not a readable file", param_hint=option)
+    try:
+        endpoints = resolve_endpoints(endpoint)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--endpoint") from exc
+    if not endpoints:
+        raise typer.BadParameter("no endpoint to send to", param_hint="--endpoint")
+    errors = Console(stderr=True, highlight=False)
+    shown = 0
+
+    def report(bad: library.BadLine) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= MAX_BAD_LINES_SHOWN:
+            errors.print(str(bad), markup=False, soft_wrap=True)
+
+    bar = Progress(
+        TextColumn("backfill"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=errors,
+        disable=not progress,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task("backfill", total=library.total_bytes(files))
+        result = library.backfill(
+            files,
+            endpoints,
+            on_progress=lambda consumed: bar.advance(task, consumed),
+            on_bad_line=report,
+            pii_key=pii_key(),
+        )
+    if shown > MAX_BAD_LINES_SHOWN:
+        errors.print(f"... and {shown - MAX_BAD_LINES_SHOWN} more bad lines")
+    per_source = ", ".join(f"{source} {count}" for source, count in sorted(result.by_source.items()))
+    typer.echo(
+        f"{result.lines} lines: {result.spans} spans sent ({per_source or 'none'}), "
+        f"{len(result.bad)} bad, {result.blank} blank; "
+        f"exporter delivered {result.exported}, dropped {result.dropped} "
+        f"(to {', '.join(endpoints)})"
+    )
+    if result.dropped:
+        errors.print(
+            f"{result.dropped} spans were not delivered; check that {', '.join(endpoints)} is up, "
+            "then run backfill again (span ids are kept, so nothing is stored twice)",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_NOT_DELIVERED)
+    raise typer.Exit(EXIT_BAD_LINES if result.bad else 0)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(validate)
+    app.command()(backfill)
