@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from collectors.privacy import redact_text, redact_url
 from simulator.answer_url import AnswerUrlResult, action_result, body_preview, fetch_actions
 from simulator.messages import CallInfo, webhook_body
 from simulator.outcome import CallOutcome, Observer, WebhookDelivery
@@ -169,7 +170,8 @@ class _CallFlow:
         outcome = self.outcome
         outcome.answer_url_status = answer.status
         outcome.answer_url_latency_ms = round(answer.latency_ms, 1)
-        outcome.answer_url_body = body_preview(answer.body) if answer.body else None
+        # For display: secrets in URLs (a token in the stream_url) never reach the output.
+        outcome.answer_url_body = redact_text(body_preview(answer.body)) if answer.body else None
         if answer.failed:
             outcome.answer_url_error = answer.failure
             outcome.record("answer_url", False, f"{answer.failure} ({answer.latency_ms:.0f} ms)")
@@ -188,7 +190,7 @@ class _CallFlow:
         outcome.action_result = action_result(check)
         start = check.start_stream
         if start is not None:
-            outcome.stream_url = str(start.get("stream_url"))
+            outcome.stream_url = redact_url(str(start.get("stream_url")))
             outcome.track = str(start.get("track"))
         if not check.valid:
             problems = "; ".join(p.message for p in check.problems)

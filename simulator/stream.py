@@ -23,6 +23,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from collectors.privacy import redact_url
 from simulator.audio import FRAME_MS, FRAMES_PER_SECOND, tone_payloads
 from simulator.messages import (
     TRACKS_FOR,
@@ -116,7 +117,7 @@ async def stream_media(plan: StreamPlan, options: StreamOptions, outcome: CallOu
         outcome.record("connect", False, outcome.connect_error)
         return
     outcome.connected = True
-    outcome.record("connect", True, f"WebSocket connected to {plan.stream_url} (HTTP 101)")
+    outcome.record("connect", True, f"WebSocket connected to {redact_url(plan.stream_url)} (HTTP 101)")
     drain = asyncio.create_task(_drain(ws))
     try:
         await _play(ws, plan, outcome)

@@ -1,0 +1,232 @@
+"""`callscope demo`: simulated MiniVoice calls -> demo app with collectors -> ingest -> verdicts.
+
+The whole product in one process, on loopback:
+
+1. start callscope ingest (`pipeline.ingest.running_ingest`) on `--ingest-port`;
+2. point the collectors at it (`collectors.configure`) and start the demo customer app
+   (`simulator.demo_app`);
+3. place N calls with the simulator: mostly happy, every scenario at least once;
+4. flush the collectors' exporters, wait out the grace period (short in the demo, and set the
+   same for the simulator and the pipeline through `pipeline.settings.Settings`), stop ingest
+   (which rolls everything it acknowledged into segments);
+5. build the timelines and verdicts (`pipeline.timeline`), and score each call's verdict
+   against the simulator's ground truth.
+
+Every server binds its port before anything starts, so a busy port fails fast with a message
+naming the port and the option that changes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.settings import Settings
+from simulator.demo_app import DemoApp, DemoAppConfig
+from simulator.outcome import CallOutcome
+from simulator.platform import Platform, PlatformConfig
+from simulator.runner import run_calls
+from simulator.scenarios import Scenario, demo_mix
+from simulator.serving import bind_port
+from simulator.stream import StreamOptions
+from simulator.webhooks import WebhookOptions
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """Everything `callscope demo` can change. Ports 0 pick free ports."""
+
+    calls: int = 200
+    data_dir: Path = Path("callscope-data")
+    host: str = "127.0.0.1"
+    ingest_port: int = 4318
+    app_port: int = 0
+    receiver_port: int = 0
+    concurrency: int = 50
+    media_seconds: float = 2.0
+    """Audio per streamed call."""
+    speed: float = 10.0
+    """Time acceleration of the media stream (10: 2 s of audio in 0.2 s)."""
+    answer_url_timeout_ms: int = 1000
+    """The platform's answer_url timeout, and the pipeline's: one setting for both."""
+    grace_seconds: int = 2
+    """How long after a call's last activity `call.completed` may still arrive."""
+    receiver_clock_offset_ms: int = -4000
+    scenarios: tuple[Scenario, ...] | None = None
+    """Explicit call list (tests); None: `demo_mix(calls)`."""
+    ingest_fsync: bool = True
+
+    def settings(self, base: Settings | None = None) -> Settings:
+        """The pipeline settings for this run: the demo's data dir, grace and answer_url timeout."""
+        return (base or Settings.from_environ()).with_overrides(
+            data_dir=self.data_dir,
+            grace_seconds=self.grace_seconds,
+            answer_url_timeout_ms=self.answer_url_timeout_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A call whose verdict differs from the simulator's ground truth."""
+
+    call_id: str
+    scenario: str
+    expected: str
+    actual: str | None
+    reason: str | None
+
+
+@dataclass(slots=True)
+class DemoResult:
+    """What the demo did and how the verdicts scored."""
+
+    outcomes: list[CallOutcome]
+    verdicts: dict[str, dict[str, Any]]
+    """The `calls` row of each simulated call, by call id."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def mismatches(self) -> list[Mismatch]:
+        """Calls whose verdict is not the scenario's expected verdict (missing calls included)."""
+        found = []
+        for outcome in self.outcomes:
+            row = self.verdicts.get(outcome.call_id)
+            actual = row.get("verdict") if row else None
+            if actual != outcome.expected_verdict:
+                reason = row.get("reason") if row else "no row in calls for this call id"
+                found.append(
+                    Mismatch(outcome.call_id, outcome.scenario, outcome.expected_verdict, actual, reason)
+                )
+        return found
+
+    @property
+    def correct(self) -> int:
+        return self.total - len(self.mismatches)
+
+    def verdict_counts(self) -> Counter[str]:
+        """How many of the simulated calls got each verdict."""
+        return Counter(
+            str(self.verdicts[o.call_id].get("verdict")) if o.call_id in self.verdicts else "(missing)"
+            for o in self.outcomes
+        )
+
+    def skews(self) -> dict[str, float]:
+        """`receiver_clock_skew_ms` of the calls that report one."""
+        return {
+            call_id: float(row["receiver_clock_skew_ms"])
+            for call_id, row in self.verdicts.items()
+            if row.get("receiver_clock_skew_ms") not in (None, 0)
+        }
+
+
+def run_demo(options: DemoOptions, progress: Progress = lambda _m: None) -> DemoResult:
+    """Run the whole demo pipeline once and score the verdicts. Blocking; cleans up on any exit."""
+    from pipeline.ingest import running_ingest
+
+    settings = options.settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    if options.ingest_port:
+        # Checked here, before ingest starts anything, so a busy port names its option.
+        bind_port(options.host, options.ingest_port, "--ingest-port").close()
+    with running_ingest(
+        settings.data_dir, host=options.host, port=options.ingest_port, fsync=options.ingest_fsync
+    ) as ingest:
+        progress(f"ingest listening on {ingest.url} (data: {settings.data_dir})")
+        outcomes = asyncio.run(_place_calls(options, ingest.traces_url, progress, timings))
+        wait = _grace_remaining(outcomes, options.grace_seconds)
+        if wait > 0:
+            progress(f"waiting {wait:.1f} s: the grace period for late call.completed webhooks")
+            time.sleep(wait)
+        progress("stopping ingest (rolling the write-ahead log into segments)")
+    timings["calls"] = time.monotonic() - started
+    progress("building timelines and verdicts")
+    build_started = time.monotonic()
+    verdicts = build_verdicts(settings, [o.call_id for o in outcomes])
+    timings["build"] = time.monotonic() - build_started
+    timings["total"] = time.monotonic() - started
+    return DemoResult(outcomes, verdicts, timings)
+
+
+async def _place_calls(
+    options: DemoOptions, traces_url: str, progress: Progress, timings: dict[str, float]
+) -> list[CallOutcome]:
+    import collectors
+
+    provider = collectors.configure(service_name="minivoice-demo-app", endpoints=[traces_url])
+    stall_s = options.answer_url_timeout_ms / 1000 + 0.5
+    app_config = DemoAppConfig(
+        host=options.host,
+        http_port=options.app_port,
+        receiver_port=options.receiver_port,
+        answer_url_stall_s=stall_s,
+        receiver_clock_offset_ms=options.receiver_clock_offset_ms,
+    )
+    scenarios = list(options.scenarios) if options.scenarios is not None else demo_mix(options.calls)
+    async with DemoApp(app_config) as app:
+        progress(
+            f"demo app: answer_url {app.answer_url}, webhooks {app.webhook_url}, "
+            f"receiver wss://{options.host}:{app.receiver_port}"
+        )
+        config = PlatformConfig(
+            answer_url=app.answer_url,
+            webhook_url=app.webhook_url,
+            answer_url_timeout_s=options.answer_url_timeout_ms / 1000,
+            media_seconds=options.media_seconds,
+            speed=options.speed,
+            ring_seconds=options.media_seconds,
+            ssl_context=app.client_context(),
+            stream=StreamOptions(ssl_context=app.client_context()),
+            webhooks=WebhookOptions(backoff_s=0.1),
+        )
+        progress(f"placing {len(scenarios)} calls ({options.concurrency} at a time)")
+        started = time.monotonic()
+        async with Platform(config) as platform:
+            outcomes = await run_calls(platform, scenarios, concurrency=options.concurrency)
+        timings["place_calls"] = time.monotonic() - started
+        # The stalled answer_url (answer_url_timeout) answers after the platform gave up; its
+        # span must still be recorded before the app stops.
+        await asyncio.sleep(max(0.0, stall_s - options.answer_url_timeout_ms / 1000) + 0.1)
+    flushed = await asyncio.to_thread(provider.force_flush, 30_000)
+    if not flushed:
+        progress("warning: the collectors could not flush every span to ingest within 30 s")
+    return outcomes
+
+
+def _grace_remaining(outcomes: list[CallOutcome], grace_seconds: int) -> float:
+    """Seconds until every call's grace period is over (so a lost webhook is final, not pending)."""
+    if not outcomes:
+        return 0.0
+    last_ns = max(o.ended_ns for o in outcomes)
+    # Half a second of margin for the receiver's and the app's own last timestamps.
+    return max(0.0, (last_ns - time.time_ns()) / 1e9 + grace_seconds + 0.5)
+
+
+def build_verdicts(settings: Settings, call_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Run the pipeline build over the data dir; return the `calls` rows of `call_ids`."""
+    import importlib
+
+    from pipeline.storage import DataDir
+
+    # pipeline.timeline (issue 4) is being written alongside; imported by name until it lands.
+    timeline = importlib.import_module("pipeline.timeline")
+    timeline.build(settings)
+
+    with DataDir(settings.data_dir).connect_readonly() as connection:
+        rows = connection.execute(
+            "SELECT * FROM calls WHERE call_id IN (SELECT unnest(?::VARCHAR[]))", [call_ids]
+        ).fetchall()
+        columns = [d[0] for d in connection.description or ()]
+    return {row[columns.index("call_id")]: dict(zip(columns, row, strict=True)) for row in rows}
