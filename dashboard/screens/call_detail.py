@@ -132,7 +132,7 @@ def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart:
     for mark in marks:
         bar = mark.end > mark.start and mark.label in ("answer_url", "stream connection")
         n = seen_in_lane.get(mark.lane, 0)
-        seen_in_lane[mark.lane] = n + 1
+        seen_in_lane[mark.lane] = n + (0 if bar else 1)
         rows.append(
             {
                 "lane": mark.lane,
@@ -171,7 +171,7 @@ def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart:
     ]
     for tier in range(3):
         layers.append(
-            base.transform_filter(f"datum.tier == {tier}")
+            base.transform_filter(f"!datum.bar && datum.tier == {tier}")
             .mark_text(align="left", dx=5, dy=-12 - 12 * tier, fontSize=11)
             .encode(x=x, y=y, text="label:N", color=colour)
         )
