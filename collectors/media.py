@@ -266,7 +266,8 @@ class StreamStats:
         return Notice("first_media", now, attributes)
 
     def _new_track(self, track: str) -> TrackStats:
-        if len(self.track_stats) >= MAX_TRACKS:
+        # Track names become attribute names: anything odd, or one too many, counts as `other`.
+        if len(self.track_stats) >= MAX_TRACKS or not track.replace("_", "").isalnum():
             track = "other"
             existing = self.track_stats.get(track)
             if existing is not None:
