@@ -44,7 +44,7 @@ def bind_port(host: str, port: int, option: str | None = None) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-            raise PortInUse(host, port, option, exc.strerror or "") from exc
+            raise PortInUse(host, port, option) from exc
         raise
     sock.setblocking(False)
     return sock

@@ -69,7 +69,7 @@ def demo(
     from simulator.demo import DemoOptions, run_demo
     from simulator.serving import PortInUse, bind_port
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     try:
         settings = Settings.from_environ().with_overrides(data_dir=data)
     except SettingsError as exc:
@@ -220,7 +220,7 @@ def test_call_command(
     except SettingsError as exc:
         raise typer.BadParameter(str(exc)) from exc
     timeout_s = (timeout_ms or settings.answer_url_timeout_ms) / 1000
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     options = TestCallOptions(
         answer_url=answer_url,
         webhook_url=webhook_url,
