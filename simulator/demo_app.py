@@ -43,8 +43,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
 
-import collectors
 from collectors.answer_url import AnswerUrlMiddleware
+from collectors.receiver import instrument_receiver
 from collectors.webhooks import Webhook, WebhookMiddleware
 from simulator.scenarios import SCENARIO_HEADER
 from simulator.serving import AsgiServer, TlsMaterial, bind_port, closed_port, port_of
@@ -263,11 +263,7 @@ class DemoApp:
     def _instrument(
         self, handler: StreamHandler, provider: TracerProvider | None, clock: Callable[[], int] | None
     ) -> StreamHandler:
-        instrument = getattr(collectors, "instrument_receiver", None)
-        if instrument is None:  # until the receiver collector lands
-            return handler
-        wrapped: StreamHandler = instrument(handler, tracer_provider=provider, clock=clock)
-        return wrapped
+        return instrument_receiver(handler, tracer_provider=provider, clock=clock)
 
     def _authenticate(self, connection: ServerConnection, request: WsRequest) -> WsResponse | None:
         """Only MiniVoice, with our token in the stream_url, may open a stream."""
