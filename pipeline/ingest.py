@@ -27,6 +27,7 @@ import contextlib
 import hmac
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -455,6 +456,31 @@ def _uvicorn_config(app: IngestApp, host: str, port: int, log_level: str) -> Any
     )
 
 
+def _foreground_server_class() -> type:
+    import uvicorn
+
+    class ForegroundServer(uvicorn.Server):
+        """uvicorn's server, except that SIGINT/SIGTERM are not re-raised after the shutdown.
+
+        uvicorn re-raises the signal once it has stopped, which would kill the process before
+        `serve` flushes the write-ahead log into segments.
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return ForegroundServer
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket (port 0: any free port), as uvicorn would make it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -531,14 +557,13 @@ def serve(
 
     `ready` is called once the socket is bound (with the real port when `port` is 0).
     """
-    import uvicorn
-
     service = IngestService(DataDir(data_dir), IngestOptions(**options))
     service.start()
     try:
         with bind_socket(host, port) as sock:
             if ready is not None:
                 ready(RunningIngest(service, host, sock.getsockname()[1]))
-            uvicorn.Server(_uvicorn_config(IngestApp(service), host, port, log_level)).run(sockets=[sock])
+            server = _foreground_server_class()(_uvicorn_config(IngestApp(service), host, port, log_level))
+            server.run(sockets=[sock])
     finally:
         service.close()

@@ -39,6 +39,9 @@ def ingest(
     compact_interval: Annotated[
         float, typer.Option("--compact-interval", help="Seconds between background compactions (0: off).")
     ] = 300.0,
+    wal_seconds: Annotated[
+        float, typer.Option("--wal-seconds", help="Seconds before a write-ahead-log file is rolled.")
+    ] = 2.0,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Receive OTLP/HTTP traces (protobuf or JSON) at POST /v1/traces and store them durably.
@@ -57,6 +60,7 @@ def ingest(
         fsync=fsync,
         roll_processes=roll_processes,
         compact_interval_s=compact_interval,
+        wal_file_age_s=wal_seconds,
     )
 
     def ready(running: RunningIngest) -> None:
