@@ -76,6 +76,14 @@ class LineError(ValueError):
     """A log line cannot be turned into a span; the message says why."""
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedLine:
+    """A line that is fine but is not a span: `blank`, or a record kind other than `span`
+    (the receiver's `lifecycle` lines, written as things happen, duplicate its span line)."""
+
+    kind: str
+
+
 def _int(record: Mapping[str, Any], key: str) -> int:
     value = record.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -127,10 +135,11 @@ def _private(attributes: dict[str, Any], key: bytes | None) -> dict[str, Any]:
     return attributes
 
 
-def parse_line(text: str, default_source: str, pii_key: bytes | None = None) -> SpanRecord:
+def parse_line(text: str, default_source: str, pii_key: bytes | None = None) -> SpanRecord | SkippedLine:
     """Check one log line and turn it into a `SpanRecord`. Raises `LineError` saying what is wrong.
 
     Text before the first `{` (a logging prefix such as `INFO:callscope.webhooks:`) is ignored.
+    A line whose `record` field is present and not `span` is not a span: `SkippedLine`.
     """
     if len(text) > MAX_LINE_CHARS:
         raise LineError(f"line is longer than {MAX_LINE_CHARS} characters")
@@ -143,6 +152,9 @@ def parse_line(text: str, default_source: str, pii_key: bytes | None = None) -> 
         raise LineError(f"not valid JSON ({exc.__class__.__name__}: {str(exc)[:80]})") from None
     if not isinstance(record, dict):
         raise LineError("not a JSON object")
+    kind = record.get("record", "span")
+    if kind != "span":
+        return SkippedLine(str(kind)[:40])
     version = record.get("v", FORMAT_VERSION)
     if version != FORMAT_VERSION:
         raise LineError(f"format version {version!r} is not {FORMAT_VERSION}; upgrade callscope to read it")
@@ -199,12 +211,12 @@ def parse_line(text: str, default_source: str, pii_key: bytes | None = None) -> 
 
 def read_lines(
     path: Path, default_source: str, pii_key: bytes | None = None
-) -> Iterator[tuple[int, int, SpanRecord | BadLine | None]]:
-    """(line number, bytes consumed, record / bad line / None for a blank line), streaming."""
+) -> Iterator[tuple[int, int, SpanRecord | SkippedLine | BadLine]]:
+    """(line number, bytes consumed, span record / skipped line / bad line), streaming."""
     with path.open("rb") as stream:
         for number, raw in enumerate(stream, start=1):
             if not raw.strip():
-                yield number, len(raw), None
+                yield number, len(raw), SkippedLine("blank")
                 continue
             try:
                 text = raw.decode("utf-8")
@@ -238,7 +250,7 @@ class BackfillResult:
     """What a backfill run did."""
 
     lines: int = 0
-    blank: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
     spans: int = 0
     bad: list[BadLine] = field(default_factory=list)
     by_source: dict[str, int] = field(default_factory=dict)
@@ -357,8 +369,8 @@ def backfill(
         for source, path in files:
             for _number, consumed, item in read_lines(path, source, pii_key):
                 result.lines += 1
-                if item is None:
-                    result.blank += 1
+                if isinstance(item, SkippedLine):
+                    result.skipped[item.kind] = result.skipped.get(item.kind, 0) + 1
                 elif isinstance(item, BadLine):
                     result.bad.append(item)
                     if on_bad_line is not None:
@@ -386,6 +398,7 @@ __all__ = [
     "BackfillResult",
     "BadLine",
     "LineError",
+    "SkippedLine",
     "SpanRecord",
     "backfill",
     "parse_line",

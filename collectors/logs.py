@@ -64,6 +64,7 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
     resource = span.resource.attributes if span.resource is not None else {}
     record: dict[str, Any] = {
         "v": FORMAT_VERSION,
+        "record": "span",
         "time": datetime.fromtimestamp(start_ns / 1e9, tz=UTC).isoformat(timespec="microseconds"),
         "source": attributes.get("callscope.source"),
         "name": span.name,

@@ -134,10 +134,11 @@ def backfill(
         )
     if shown > MAX_BAD_LINES_SHOWN:
         errors.print(f"... and {shown - MAX_BAD_LINES_SHOWN} more bad lines")
+    skipped = ", ".join(f"{count} {kind}" for kind, count in sorted(result.skipped.items())) or "0 skipped"
     per_source = ", ".join(f"{source} {count}" for source, count in sorted(result.by_source.items()))
     typer.echo(
         f"{result.lines} lines: {result.spans} spans sent ({per_source or 'none'}), "
-        f"{len(result.bad)} bad, {result.blank} blank; "
+        f"{len(result.bad)} bad, {skipped}; "
         f"exporter delivered {result.exported}, dropped {result.dropped} "
         f"(to {', '.join(endpoints)})"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from typer.testing import CliRunner
 
 from callscope.cli import app
@@ -19,7 +20,6 @@ from collectors import logs
 from collectors.answer_url import AnswerUrlMiddleware
 from collectors.backfill import LineError, parse_line
 from collectors.identity import call_root_span_id_hex, call_trace_id_hex
-from collectors.tracing import get_tracer, start_call_span
 from collectors.webhooks import WebhookCollector
 from tests.otlp_sink import OTLPSink, UvicornThread, closed_port_endpoint
 
@@ -44,26 +44,45 @@ async def _failure_case(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body.encode()})
 
 
-def _receiver_like_span(provider: TracerProvider) -> None:
-    """A span shaped like the receiver's (events at their own times), logged the same way."""
-    span = start_call_span(
-        get_tracer("receiver", provider),
-        "stream.receiver",
-        "call_bf",
-        "receiver",
-        start_time=1_780_056_598_000_000_000,
-    )
-    span.add_event(
-        "connected", {"minivoice.protocol": "minivoice.stream"}, timestamp=1_780_056_598_001_000_000
-    )
-    span.add_event(
-        "start", {"minivoice.stream.tracks": ("inbound", "outbound")}, timestamp=1_780_056_598_002_000_000
-    )
-    span.set_attribute("minivoice.media.frames", 500)
-    span.set_attribute("minivoice.close.code", 1006)
-    span.set_status(Status(StatusCode.ERROR, "stream ended without stop"))
-    span.end(end_time=1_780_056_599_000_000_000)
-    logs.log_span(span)
+def _stream_one_call(provider: TracerProvider) -> None:
+    """A real `websockets` receiver, instrumented by collectors.receiver, fed a short MiniVoice stream."""
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    from collectors.receiver import instrument_receiver
+
+    async def handler(connection: Any) -> None:
+        async for _message in connection:
+            pass
+
+    start = {
+        "call_id": "call_bf",
+        "stream_id": "str_1",
+        "tracks": ["inbound"],
+        "media_format": {"encoding": "audio/x-mulaw", "sample_rate": 8000, "channels": 1},
+    }
+    messages = [
+        {"event": "connected", "protocol": "minivoice.stream", "version": "1"},
+        {"event": "start", "sequence_number": 1, "start": start},
+        *(
+            {
+                "event": "media",
+                "sequence_number": 2 + i,
+                "media": {"track": "inbound", "chunk": 1 + i, "timestamp": 20 * i, "payload": "AAAA"},
+            }
+            for i in range(3)
+        ),
+        {"event": "stop", "sequence_number": 5, "stop": {"call_id": "call_bf", "reason": "stop_stream"}},
+    ]
+
+    async def scenario() -> None:
+        async with serve(instrument_receiver(handler, tracer_provider=provider), "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}/media") as client:
+                for message in messages:
+                    await client.send(json.dumps(message))
+
+    asyncio.run(scenario())
 
 
 @pytest.fixture
@@ -77,7 +96,7 @@ def written_logs(
         with UvicornThread(answer) as a, UvicornThread(collector) as w, httpx.Client() as client:
             client.post(f"{a.url}/answer", json=ANSWER)
             client.post(w.url, json=COMPLETED)
-        _receiver_like_span(memory_provider)
+        _stream_one_call(memory_provider)
         paths = {source: files.path(source) for source in ("answer_url", "receiver", "webhook")}
     originals = {span.name: span for span in memory_exporter.get_finished_spans()}
     return {"paths": paths, "originals": originals}
@@ -103,7 +122,9 @@ def test_round_trip_keeps_times_ids_events_and_status(
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "3 lines: 3 spans sent (answer_url 1, receiver 1, webhook 1), 0 bad" in result.stdout
+    # the receiver log also holds lifecycle lines (open, connected, start, ...): skipped, not bad
+    assert "spans sent (answer_url 1, receiver 1, webhook 1), 0 bad" in result.stdout
+    assert " lifecycle;" in result.stdout
     rows = {row["name"]: row for row in otlp_sink.wait_for_spans(3)}
     assert set(rows) == {"answer_url", "webhook", "stream.receiver"}
     for name, original in written_logs["originals"].items():
@@ -127,11 +148,11 @@ def test_round_trip_keeps_times_ids_events_and_status(
         "stream_url_not_wss",
         "invalid_track",
     ]
-    assert rows["stream.receiver"]["status_message"] == "stream ended without stop"
-    assert rows["stream.receiver"]["events"][1]["attributes"]["minivoice.stream.tracks"] == [
-        "inbound",
-        "outbound",
-    ]
+    receiver = rows["stream.receiver"]
+    assert receiver["status_code"] == "OK"
+    assert receiver["attributes"]["minivoice.media.frames"] == 3
+    assert [e["name"] for e in receiver["events"]][:3] == ["connected", "start", "first_media"]
+    assert receiver["events"][1]["attributes"]["minivoice.stream.tracks"] == ["inbound"]
     assert "5551230001" not in json.dumps(rows, default=str)
 
 
@@ -163,7 +184,7 @@ def test_bad_lines_are_reported_and_skipped(
     assert f"{mixed}:5: attribute 'x' is a dict" in result.stderr
     assert f'{mixed}:7: "name" (the span name) is missing' in result.stderr
     assert ":1:" not in result.stderr and ":6:" not in result.stderr
-    assert "7 lines: 2 spans sent (webhook 2), 4 bad, 1 blank" in result.stdout
+    assert "7 lines: 2 spans sent (webhook 2), 4 bad, 1 blank;" in result.stdout
     rows = otlp_sink.wait_for_spans(2)
     assert sorted(row["span_id"] for row in rows)[0] == "00000000000000aa"
 

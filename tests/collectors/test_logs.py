@@ -34,6 +34,7 @@ def test_span_becomes_one_json_line_in_its_source_file(
     (line,) = (tmp_path / "webhooks.jsonl").read_text().splitlines()
     record = json.loads(line)
     assert record["v"] == 1
+    assert record["record"] == "span"
     assert record["source"] == "webhook"
     assert record["name"] == "webhook"
     assert record["kind"] == "SERVER"
