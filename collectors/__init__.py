@@ -17,6 +17,7 @@ from collectors.identity import (
 )
 from collectors.logs import write_logs_to
 from collectors.privacy import hash_phone, mask_phone, phone_attributes, redact_text, redact_url
+from collectors.receiver import ReceiverMiddleware, instrument_receiver
 from collectors.tracing import configure, get_tracer, start_call_span
 from collectors.webhooks import Webhook, WebhookCollector, WebhookMiddleware, WebhookProblem, parse_webhook
 
@@ -26,6 +27,7 @@ __all__ = [
     "AnswerUrlMiddleware",
     "AnswerUrlRequest",
     "AnswerUrlWSGIMiddleware",
+    "ReceiverMiddleware",
     "Webhook",
     "WebhookCollector",
     "WebhookMiddleware",
@@ -42,6 +44,7 @@ __all__ = [
     "guard",
     "guarded",
     "hash_phone",
+    "instrument_receiver",
     "mask_phone",
     "parse_webhook",
     "phone_attributes",
