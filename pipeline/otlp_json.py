@@ -69,9 +69,11 @@ def _convert_span(span: dict[str, Any], where: str) -> str | None:
         encoded, length = _hex_to_base64(span[key], f"{where}.{camel}")
         if camel == "parentSpanId":
             if length not in (0, 8):
-                problem = problem or f"parent_span_id has {length} bytes, expected 8 or none"
+                problem = problem or f"parent_span_id has {length * 2:g} hex digits, expected 16 or none"
+        elif length != int(length):
+            problem = problem or f"{snake} has {int(length * 2)} hex digits, expected {size * 2}"
         elif length != size:
-            problem = problem or f"{snake} has {length} bytes, expected {size}"
+            problem = problem or f"{snake} has {int(length)} bytes, expected {size}"
         elif encoded is not None and not any(bytes.fromhex(span[key])):
             problem = problem or f"{snake} is all zeros"
         if encoded is None:
