@@ -400,3 +400,34 @@ def test_flask_answer_url(flask_server: str, memory_exporter: InMemorySpanExport
     text = json.dumps(dict(span.attributes))
     for digits in CLEAR_NUMBERS:
         assert digits not in text
+
+
+def test_wsgi_exception_is_recorded_and_reraised_unchanged(
+    memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
+) -> None:
+    import io
+
+    failure = LookupError("flask view bug")
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
+        assert json.loads(environ["wsgi.input"].read()) == ANSWER_REQUEST  # replayed in full
+        raise failure
+
+    middleware = AnswerUrlWSGIMiddleware(wsgi_app, tracer_provider=memory_provider, pii_key=KEY)
+    body = json.dumps(ANSWER_REQUEST).encode()
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/answer",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "HTTP_HOST": "app.example:8080",
+    }
+    with pytest.raises(LookupError) as raised:
+        middleware(environ, lambda status, headers, exc_info=None: None)
+    assert raised.value is failure
+    (span,) = memory_exporter.get_finished_spans()
+    assert span.attributes["error.type"] == "LookupError"
+    assert span.attributes["server.address"] == "app.example"
+    assert span.attributes["server.port"] == 8080
+    assert span.attributes["minivoice.call_id"] == "call_123"
+    assert span.status.status_code.name == "ERROR"

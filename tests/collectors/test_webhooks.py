@@ -294,6 +294,24 @@ def test_failing_and_async_callbacks(
     assert counters.stats()["webhook_callback_failures"] == before + 2
 
 
+def test_webhook_log_lines_hold_no_phone_number(tmp_path: Any, memory_provider: TracerProvider) -> None:
+    from collectors import logs
+
+    collector = WebhookCollector(tracer_provider=memory_provider, pii_key=KEY)
+    with logs.write_logs_to(tmp_path) as files:
+        with UvicornThread(collector) as server, httpx.Client() as client:
+            client.post(server.url, json=COMPLETED)
+            client.post(server.url, json={"call": COMPLETED["call"]})  # malformed, same numbers
+        lines = files.path("webhook").read_text().splitlines()
+    assert [json.loads(line)["attributes"].get("minivoice.webhook.error") for line in lines] == [
+        None,
+        "missing_event",
+    ]
+    assert json.loads(lines[0])["attributes"]["minivoice.to.masked"] == "+1555***0002"
+    for line in lines:
+        assert "5551230001" not in line and "5551230002" not in line
+
+
 def test_middleware_form_leaves_the_rest_of_the_app_alone(
     memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
 ) -> None:
