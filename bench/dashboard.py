@@ -85,7 +85,7 @@ def synthetic_calls(n: int, end: datetime, seed: int = 7) -> tuple[pa.Table, pa.
     final = verdicts != "in_progress"
 
     def ts(values: np.ndarray, mask: np.ndarray) -> pa.Array:
-        return pa.array(values, type=pa.timestamp("us", tz="UTC"), mask=~mask)
+        return pa.array(values, type=pa.timestamp("us"), mask=~mask)
 
     close_code = np.where(verdicts == "stream_dropped", 1006, 1000)
     calls = pa.table(
@@ -137,7 +137,7 @@ def synthetic_calls(n: int, end: datetime, seed: int = 7) -> tuple[pa.Table, pa.
     events = pa.table(
         {
             "call_id": pa.array(np.repeat(call_ids, EVENTS_PER_CALL), pa.string()),
-            "ts": pa.array(event_ts.ravel(), pa.timestamp("us", tz="UTC")),
+            "ts": pa.array(event_ts.ravel(), pa.timestamp("us")),
             "source": pa.array(sources, pa.string()),
             "event": pa.array(names, pa.string()),
             "detail": pa.array(np.full(n * EVENTS_PER_CALL, "", dtype=object), pa.string()),
@@ -159,7 +159,7 @@ def median_ms(fn: Callable[[], Any], repeat: int) -> float:
 
 def overview_queries(data: DataDir, flt: q.CallFilter) -> None:
     """Everything one Overview refresh runs, on a fresh read-only connection (as the page does)."""
-    with data.connect_readonly() as con:
+    with q.open_views(data.path) as con:
         q.filter_options(con)
         q.data_summary(con)
         q.kpis(con, flt)
@@ -172,7 +172,7 @@ def overview_queries(data: DataDir, flt: q.CallFilter) -> None:
 
 def detail_queries(data: DataDir, call_id: str) -> None:
     """Everything the Call detail page reads for one call."""
-    with data.connect_readonly() as con:
+    with q.open_views(data.path) as con:
         q.call_row(con, call_id)
         q.call_events(con, call_id)
         q.call_spans(con, call_id)
@@ -203,7 +203,7 @@ def main() -> None:
         probe = calls["call_id"][calls.num_rows // 2].as_py()
 
         def floor() -> None:
-            with data.connect_readonly() as con:
+            with q.open_views(data.path) as con:
                 con.execute("SELECT count(*) FROM calls").fetchall()
 
         figures = {

@@ -68,9 +68,9 @@ def settings() -> Settings:
 @contextlib.contextmanager
 def connection() -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only DuckDB connection over the data directory's views, closed after the run."""
-    from pipeline.storage import DataDir
+    from pipeline.dashboard_queries import open_views
 
-    con = DataDir(settings().data_dir).connect_readonly()
+    con = open_views(settings().data_dir)
     try:
         yield con
     finally:

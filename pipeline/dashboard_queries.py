@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collectors.identity import call_trace_id_hex
@@ -75,6 +76,19 @@ class QueryError(ValueError):
     """A dashboard query was asked something it cannot answer (unknown column, bad window)."""
 
 
+def open_views(data_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection over the data directory's views, with the session time zone UTC.
+
+    `calls` times are TIMESTAMP (UTC, no zone); comparing them with the zone-aware datetimes the
+    filters pass would otherwise convert through the process's local time zone.
+    """
+    from pipeline.storage import DataDir
+
+    con = DataDir(data_dir).connect_readonly()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
 def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
     """Run a query and return its result as a Polars DataFrame (through Arrow, no copy)."""
 
@@ -118,7 +132,9 @@ def last(window: timedelta, now: datetime, **values: Any) -> CallFilter:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    """A naive UTC datetime: it binds as TIMESTAMP, the type of `calls` times, so the comparison
+    keeps the column as it is (and Parquet min/max statistics can skip row groups)."""
+    return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def _where(flt: CallFilter, *, with_time: bool = True) -> tuple[str, list[Any]]:
@@ -657,6 +673,11 @@ class TimelineMark:
 
 
 _LANES = {"answer_url": "answer_url", "receiver": "stream", "webhook": "webhooks", "pipeline": "call"}
+
+
+def span_time(ns: int) -> str:
+    """Epoch nanoseconds as `YYYY-MM-DD HH:MM:SS.ffffff` UTC, for tables of spans."""
+    return f"{_dt(ns):%Y-%m-%d %H:%M:%S.%f}"
 
 
 def _dt(ns: int) -> datetime:

@@ -255,10 +255,9 @@ def trace_otlp_json(data_dir: Path | str, call_id: str) -> dict[str, Any]:
 
     Raises TraceNotFound when nothing at all is stored about the call.
     """
-    from pipeline.dashboard_queries import call_row, call_spans
-    from pipeline.storage import DataDir
+    from pipeline.dashboard_queries import call_row, call_spans, open_views
 
-    with DataDir(data_dir).connect_readonly() as con:
+    with open_views(data_dir) as con:
         spans = call_spans(con, call_id)
         call = call_row(con, call_id)
     if not spans and call is None:
