@@ -35,7 +35,7 @@ if page.total == 0:
 
 shown = page.rows.height
 st.caption(
-    f"{page.total:,} calls match in the {range_label.lower()}"
+    f"{page.total:,} {'call matches' if page.total == 1 else 'calls match'} in the {range_label.lower()}"
     + (f"; showing the first {shown:,}" if shown < page.total else "")
     + (" · matched by phone number (keyed hash)" if page.searched_phone else "")
     + ". Click a call id to open it (a link you can share), or select a row."
