@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from callscope import __version__
-from callscope.commands import collect, dashboard, demo, ingest, timeline, traces
+from callscope.commands import collect, dashboard, demo, ingest, receiver, timeline, traces
 
 app = typer.Typer(
     name="callscope",
@@ -24,7 +24,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-for module in (collect, ingest, timeline, demo, dashboard, traces):
+for module in (collect, receiver, ingest, timeline, demo, dashboard, traces):
     module.register(app)
 
 

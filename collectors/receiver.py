@@ -44,7 +44,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast, overload
+from typing import Any, cast, overload
 from urllib.parse import parse_qsl
 
 from opentelemetry import trace
@@ -69,7 +69,9 @@ NORMAL_CLOSURE = 1000
 
 _logger = logs.logger_for(SOURCE)
 
-Handler = TypeVar("Handler", bound=Callable[[Any], Awaitable[None]])
+Handler = Callable[[Any], Awaitable[None]]
+"""A `websockets` connection handler. The instrumented one receives an `InstrumentedConnection`;
+`Any` lets handlers annotated either way pass type checks, and lets `serve()` accept the result."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,7 +504,7 @@ def instrument_receiver(
             finally:
                 _finish_websockets(session, connection)
 
-        return cast(Handler, instrumented)
+        return instrumented
 
     return decorate(handler) if handler is not None else decorate
 
