@@ -101,7 +101,9 @@ def synthetic_calls(n: int, end: datetime, seed: int = 7) -> tuple[pa.Table, pa.
             "application_id": pa.array(apps, pa.string()),
             "direction": pa.array(np.where(rng.random(n) < 0.6, "inbound", "outbound").astype(object)),
             "call_status": pa.array(
-                np.where(verdicts == "call_failed", "busy", np.where(final, "completed", None)), pa.string()
+                np.where(verdicts == "call_failed", "busy", "completed").astype(object),
+                pa.string(),
+                mask=~final,
             ),
             "first_seen_at": ts(first_us, np.ones(n, bool)),
             "answer_url_status": pa.array(np.where(verdicts == "answer_url_failed", 500, 200), pa.int32()),
@@ -114,11 +116,13 @@ def synthetic_calls(n: int, end: datetime, seed: int = 7) -> tuple[pa.Table, pa.
             "first_media_at": ts(first_us + 400_000, media),
             "last_media_at": ts(first_us + duration_us - 500_000, media),
             "media_frames": pa.array(np.where(media, duration_us // 20_000, 0), pa.int64()),
-            "media_gap_max_ms": pa.array(np.where(media, rng.integers(20, 400, size=n), None), pa.int64()),
+            "media_gap_max_ms": pa.array(rng.integers(20, 400, size=n), pa.int64(), mask=~media),
             "disconnected_at": ts(first_us + duration_us - 100_000, connected),
-            "close_code": pa.array(np.where(connected, close_code, None), pa.int32()),
+            "close_code": pa.array(close_code, pa.int32(), mask=~connected),
             "closed_by": pa.array(
-                np.where(connected, np.where(close_code == 1006, "network", "platform"), None), pa.string()
+                np.where(close_code == 1006, "network", "platform").astype(object),
+                pa.string(),
+                mask=~connected,
             ),
             "completed_at": ts(first_us + duration_us, final & (verdicts != "webhook_missing")),
             "webhook_count": pa.array(np.where(final, 3, 2), pa.int32()),

@@ -83,14 +83,16 @@ def sidebar_filters(options: FilterOptions) -> None:
     Their values live in the session (`persist_state="session"`), so they survive page switches;
     read them with `current_filter`.
     """
-    keep = {"persist_state": "session"}
     with st.sidebar:
         st.header("Filters")
-        st.selectbox("Time range", list(TIME_RANGES), index=3, key="f_range", **keep)
-        st.multiselect("Application", _offer("f_apps", options.application_ids), key="f_apps", **keep)
-        st.multiselect("Customer", _offer("f_customers", options.customer_ids), key="f_customers", **keep)
-        st.multiselect("Direction", _offer("f_directions", options.directions), key="f_directions", **keep)
-        st.multiselect("Verdict", _offer("f_verdicts", options.verdicts), key="f_verdicts", **keep)
+        st.selectbox("Time range", list(TIME_RANGES), index=3, key="f_range", persist_state="session")
+        for label, key, values in (
+            ("Application", "f_apps", options.application_ids),
+            ("Customer", "f_customers", options.customer_ids),
+            ("Direction", "f_directions", options.directions),
+            ("Verdict", "f_verdicts", options.verdicts),
+        ):
+            st.multiselect(label, _offer(key, values), key=key, persist_state="session")
 
 
 def _offer(key: str, options: list[str]) -> list[str]:

@@ -125,7 +125,7 @@ LANE_ORDER = ("answer_url", "stream", "webhooks", "call")
 KIND_COLOURS = {"span": "#94a3b8", "event": "#2563eb", "problem": "#dc2626"}
 
 
-def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart:
+def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart | alt.FacetChart:
     """Bars for spans with a duration, points for the rest, labels staggered so close ones stay legible."""
     rows: list[dict[str, Any]] = []
     seen_in_lane: dict[str, int] = {}
