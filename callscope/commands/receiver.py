@@ -55,7 +55,7 @@ def receiver(
     import ssl
     import sys
 
-    from collectors import configure
+    from collectors import configure, stats
     from collectors.reference_receiver import ConsoleSetup, ReferenceReceiver, server_ssl_context
     from collectors.tracing import ConfigurationError
 
@@ -100,7 +100,12 @@ def receiver(
     finally:
         provider.force_flush(timeout_millis=5000)
         setup.close()
-    typer.echo(f"callscope receiver: stopped after {reference.connections} connection(s)", err=True)
+    counted = stats()
+    typer.echo(
+        f"callscope receiver: stopped after {reference.connections} connection(s); spans exported "
+        f"{counted['spans_exported']}, dropped {counted['spans_dropped']}",
+        err=True,
+    )
 
 
 def register(app: typer.Typer) -> None:
