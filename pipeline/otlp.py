@@ -311,28 +311,30 @@ def request_to_table(request: ExportTraceServiceRequest, ingested_at_ns: int) ->
         ),
         type=pa.list_(EVENT_TYPE),
     )
-    columns = [
-        pa.array(trace_ids, pa.string()),
-        pa.array(span_ids, pa.string()),
-        pa.array(parent_ids, pa.string()),
-        pa.array(trace_states, pa.string()),
-        pa.array(names, pa.string()),
-        pa.array(kinds, pa.string()),
-        pa.array(starts, pa.int64()),
-        pa.array(ends, pa.int64()),
-        pa.array(status_codes, pa.string()),
-        pa.array(status_messages, pa.string()),
-        pa.array(service_names, pa.string()),
-        pa.array(scope_names, pa.string()),
-        pa.array(scope_versions, pa.string()),
-        pa.array(call_ids, pa.string()),
-        pa.array(sources, pa.string()),
-        _json_array(attributes_json),
-        _json_array(resource_json),
-        events_array,
-        _json_array(links_json),
-        pa.array([ingested_at_ns] * count, pa.int64()),
-    ]
+    arrays = {
+        "trace_id": pa.array(trace_ids, pa.string()),
+        "span_id": pa.array(span_ids, pa.string()),
+        "parent_span_id": pa.array(parent_ids, pa.string()),
+        "trace_state": pa.array(trace_states, pa.string()),
+        "name": pa.array(names, pa.string()),
+        "kind": pa.array(kinds, pa.string()),
+        "start_ns": pa.array(starts, pa.int64()),
+        "end_ns": pa.array(ends, pa.int64()),
+        "status_code": pa.array(status_codes, pa.string()),
+        "status_message": pa.array(status_messages, pa.string()),
+        "service_name": pa.array(service_names, pa.string()),
+        "scope_name": pa.array(scope_names, pa.string()),
+        "scope_version": pa.array(scope_versions, pa.string()),
+        "call_id": pa.array(call_ids, pa.string()),
+        "source": pa.array(sources, pa.string()),
+        "attributes": _json_array(attributes_json),
+        "resource_attributes": _json_array(resource_json),
+        "events": events_array,
+        "links": _json_array(links_json),
+        "ingested_at_ns": pa.array([ingested_at_ns] * count, pa.int64()),
+    }
+    # A column added to SPAN_SCHEMA that this decoder does not fill yet is stored as nulls.
+    columns = [arrays.get(f.name, pa.nulls(count, f.type)) for f in SPAN_SCHEMA]
     table = pa.Table.from_arrays(columns, schema=SPAN_SCHEMA)
     return DecodedBatch(table=table, rejected=rejected.rejected, reasons=rejected.reasons)
 
