@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -387,6 +388,10 @@ def test_flask_answer_url(flask_server: str, memory_exporter: InMemorySpanExport
         uploaded = client.post(f"{flask_server}/upload", content=b"z" * 100_000)
     assert reply.json() == FAILURE_CASE
     assert uploaded.text == "100000"
+    # WSGI servers call close(), which ends the span, after the response is on the wire
+    deadline = time.monotonic() + 5
+    while not memory_exporter.get_finished_spans() and time.monotonic() < deadline:
+        time.sleep(0.01)
     (span,) = memory_exporter.get_finished_spans()
     assert span.name == "answer_url"
     assert format(span.context.trace_id, "032x") == call_trace_id_hex("call_123")
