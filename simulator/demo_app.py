@@ -20,6 +20,7 @@ receiver that closes with 1011.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -288,9 +289,18 @@ class DemoApp:
                 stats.media_frames += 1
                 if overloaded and frames >= self.config.overloaded_after_frames:
                     stats.closed_overloaded += 1
-                    await ws.close(1011, "transcriber overloaded")
+                    # Keep reading while closing: frames already in flight would otherwise fill
+                    # the receive queue, pause reading, and hide MiniVoice's close reply.
+                    await asyncio.gather(ws.close(1011, "transcriber overloaded"), _discard(ws))
                     return
         except ConnectionClosed:
             # The platform or the network ended the stream: close local resources and go on;
             # call.completed still arrives on the webhook.
             return
+
+
+async def _discard(ws: ServerConnection) -> None:
+    """Read and drop messages until the connection is closed."""
+    with contextlib.suppress(ConnectionClosed):
+        async for _message in ws:
+            pass

@@ -72,35 +72,31 @@ def new_call_id() -> str:
 
 
 class Platform:
-    """Places simulated calls against one customer's endpoints. Use as an async context manager."""
+    """Places simulated calls against one customer's endpoints. Use as an async context manager.
+
+    Each call gets its own HTTP client, as if placed by a different platform worker: one
+    shared pool for hundreds of concurrent calls costs more in pool bookkeeping (quadratic in
+    httpcore) than the calls themselves. Pass `http_client` to share one anyway.
+    """
 
     def __init__(self, config: PlatformConfig, *, http_client: httpx.AsyncClient | None = None) -> None:
         self.config = config
-        self._client = http_client
-        self._owns_client = http_client is None
+        self._shared_client = http_client
 
     async def __aenter__(self) -> Platform:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                verify=self.config.ssl_context or True,
-                trust_env=self.config.use_system_proxy,
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-                headers={"User-Agent": "MiniVoice-Simulator (callscope)"},
-            )
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        return None
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError("use `async with Platform(...)` before placing calls")
-        return self._client
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            verify=self.config.ssl_context or True,
+            trust_env=self.config.use_system_proxy,
+            headers={"User-Agent": "MiniVoice-Simulator (callscope)"},
+        )
 
     async def place_call(
         self,
@@ -118,11 +114,16 @@ class Platform:
         )
         outcome = CallOutcome(call.call_id, scenario.name, scenario.expected_verdict, observer=observer)
         outcome.started_ns = time.time_ns()
-        flow = _CallFlow(self, scenario, call, outcome)
+        client = self._shared_client or self._new_client()
+        flow = _CallFlow(self.config, client, scenario, call, outcome)
         try:
             await flow.run()
         finally:
-            await flow.finish_webhooks()
+            try:
+                await flow.finish_webhooks()
+            finally:
+                if client is not self._shared_client:
+                    await client.aclose()
         outcome.ended_ns = time.time_ns()
         return outcome
 
@@ -130,9 +131,16 @@ class Platform:
 class _CallFlow:
     """The state of one call in progress."""
 
-    def __init__(self, platform: Platform, scenario: Scenario, call: CallInfo, outcome: CallOutcome) -> None:
-        self.config = platform.config
-        self.client = platform.client
+    def __init__(
+        self,
+        config: PlatformConfig,
+        client: httpx.AsyncClient,
+        scenario: Scenario,
+        call: CallInfo,
+        outcome: CallOutcome,
+    ) -> None:
+        self.config = config
+        self.client = client
         self.scenario = scenario
         self.call = call
         self.outcome = outcome
