@@ -78,19 +78,20 @@ def phone_attributes(role: str, number: object, key: str | bytes | None) -> dict
     return attributes
 
 
-def pii_key(environ: Mapping[str, str] | None = None) -> bytes | None:
-    """The phone-number hashing key from CALLSCOPE_PII_KEY, or None (logged once per process:
-    without it numbers are exported only as masks and cannot be searched)."""
+def pii_key(environ: Mapping[str, str] | None = None, *, warn: bool = True) -> bytes | None:
+    """The phone-number hashing key from CALLSCOPE_PII_KEY, or None (with `warn`, logged once per
+    process: without it numbers are exported only as masks and cannot be searched)."""
     env = os.environ if environ is None else environ
     raw = env.get(CALLSCOPE_PII_KEY)
     if raw:
         return raw.encode("utf-8")
-    counters.log_once(
-        "no-pii-key",
-        "callscope: %s is not set; phone numbers are exported only as masks and cannot be "
-        "searched by number. Set it to the same secret on every collector.",
-        CALLSCOPE_PII_KEY,
-    )
+    if warn:
+        counters.log_once(
+            "no-pii-key",
+            "callscope: %s is not set; phone numbers are exported only as masks and cannot be "
+            "searched by number. Set it to the same secret on every collector.",
+            CALLSCOPE_PII_KEY,
+        )
     return None
 
 

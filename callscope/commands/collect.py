@@ -130,7 +130,7 @@ def backfill(
             endpoints,
             on_progress=lambda consumed: bar.advance(task, consumed),
             on_bad_line=report,
-            pii_key=pii_key(),
+            pii_key=pii_key(warn=False),  # only for foreign lines with clear numbers
         )
     if shown > MAX_BAD_LINES_SHOWN:
         errors.print(f"... and {shown - MAX_BAD_LINES_SHOWN} more bad lines")
