@@ -294,6 +294,23 @@ def test_failing_and_async_callbacks(
     assert counters.stats()["webhook_callback_failures"] == before + 2
 
 
+def test_a_collector_bug_is_counted_and_the_delivery_still_acked(
+    memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenRecent(RecentDeliveries):
+        def seen(self, key: tuple[str, str], now: float | None = None) -> bool:
+            raise RuntimeError("collector bug")
+
+    before = counters.stats()["internal_errors"]
+    collector = WebhookCollector(tracer_provider=memory_provider, pii_key=KEY, recent=BrokenRecent())
+    with caplog.at_level(logging.CRITICAL), UvicornThread(collector) as server, httpx.Client() as client:
+        reply = client.post(server.url, json=COMPLETED)
+    assert (reply.status_code, reply.json()) == (200, {"received": True, "duplicate": False})
+    assert counters.stats()["internal_errors"] == before + 1
+    (span,) = memory_exporter.get_finished_spans()
+    assert span.attributes["minivoice.webhook.duplicate"] is False
+
+
 def test_webhook_log_lines_hold_no_phone_number(tmp_path: Any, memory_provider: TracerProvider) -> None:
     from collectors import logs
 
