@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.trace import TracerProvider
+
+import collectors
 from pipeline.settings import Settings
 from simulator.demo_app import DemoApp, DemoAppConfig
 from simulator.outcome import CallOutcome
@@ -37,6 +40,9 @@ from simulator.stream import StreamOptions
 from simulator.webhooks import WebhookOptions
 
 Progress = Callable[[str], None]
+
+DEMO_SERVICE = "minivoice-demo-app"
+"""`service.name` of the demo customer app's spans."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +60,7 @@ class DemoOptions:
     """Audio per streamed call."""
     speed: float = 10.0
     """Time acceleration of the media stream (10: 2 s of audio in 0.2 s)."""
-    answer_url_timeout_ms: int = 1000
+    answer_url_timeout_ms: int = 2000
     """The platform's answer_url timeout, and the pipeline's: one setting for both."""
     grace_seconds: int = 2
     """How long after a call's last activity `call.completed` may still arrive."""
@@ -145,11 +151,17 @@ def run_demo(options: DemoOptions, progress: Progress = lambda _m: None) -> Demo
         settings.data_dir, host=options.host, port=options.ingest_port, fsync=options.ingest_fsync
     ) as ingest:
         progress(f"ingest listening on {ingest.url} (data: {settings.data_dir})")
-        outcomes = asyncio.run(_place_calls(options, ingest.traces_url, progress, timings))
-        wait = _grace_remaining(outcomes, options.grace_seconds)
-        if wait > 0:
-            progress(f"waiting {wait:.1f} s: the grace period for late call.completed webhooks")
-            time.sleep(wait)
+        provider = collectors.configure(service_name=DEMO_SERVICE, endpoints=[ingest.traces_url])
+        try:
+            outcomes = asyncio.run(_place_calls(options, provider, progress, timings))
+            wait = _grace_remaining(outcomes, options.grace_seconds)
+            if wait > 0:
+                progress(f"waiting {wait:.1f} s: the grace period for late call.completed webhooks")
+                time.sleep(wait)
+        finally:
+            # Flush and retire the exporting provider while ingest still listens, also on
+            # Ctrl+C: otherwise its exporter retries against a closed port at exit.
+            collectors.configure(service_name=DEMO_SERVICE, endpoints=[])
         progress("stopping ingest (rolling the write-ahead log into segments)")
     timings["calls"] = time.monotonic() - started
     progress("building timelines and verdicts")
@@ -161,11 +173,8 @@ def run_demo(options: DemoOptions, progress: Progress = lambda _m: None) -> Demo
 
 
 async def _place_calls(
-    options: DemoOptions, traces_url: str, progress: Progress, timings: dict[str, float]
+    options: DemoOptions, provider: TracerProvider, progress: Progress, timings: dict[str, float]
 ) -> list[CallOutcome]:
-    import collectors
-
-    provider = collectors.configure(service_name="minivoice-demo-app", endpoints=[traces_url])
     stall_s = options.answer_url_timeout_ms / 1000 + 0.5
     app_config = DemoAppConfig(
         host=options.host,

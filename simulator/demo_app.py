@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -44,9 +44,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
 
-from collectors.answer_url import AnswerUrlMiddleware
-from collectors.receiver import instrument_receiver
-from collectors.webhooks import Webhook, WebhookMiddleware
+from collectors import AnswerUrlMiddleware, Webhook, WebhookMiddleware, instrument_receiver
 from simulator.scenarios import SCENARIO_HEADER
 from simulator.serving import AsgiServer, TlsMaterial, bind_port, closed_port, port_of
 
@@ -240,7 +238,10 @@ class DemoApp:
     async def _answer(self, request: Request) -> Response:
         """The customer's answer_url: start a stream of both tracks to our receiver."""
         scenario = request.headers.get(SCENARIO_HEADER.lower(), "happy")
-        await request.body()
+        try:
+            await request.body()
+        except ClientDisconnect:
+            return Response(status_code=400)  # MiniVoice hung up (Ctrl+C); nobody reads this
         if scenario == "answer_url_500":
             return PlainTextResponse("CRM lookup failed: upstream unavailable", status_code=500)
         if scenario == "answer_url_timeout":

@@ -6,6 +6,7 @@ print, and turn errors into messages that say what to change.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -70,6 +71,8 @@ def demo(
     from simulator.serving import PortInUse, bind_port
 
     console = Console(highlight=False, soft_wrap=True)
+    # The demo's phone numbers are fake; a demo key lets its dashboard show search by number.
+    os.environ.setdefault("CALLSCOPE_PII_KEY", "callscope-demo-key")
     try:
         settings = Settings.from_environ().with_overrides(data_dir=data)
     except SettingsError as exc:
