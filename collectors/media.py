@@ -58,11 +58,11 @@ _MESSAGE_SHOWN = 120
 # general path instead.
 _SPACED_MEDIA_HEAD = re.compile(
     r'\{"event": "media", "sequence_number": (0|[1-9][0-9]{0,17}), "media": \{"track": "([a-z_]{1,32})", '
-    r'"chunk": (0|[1-9][0-9]{0,17}), "timestamp": (0|[1-9][0-9]{0,17}), "payload": "'
+    r'"chunk": (?:0|[1-9][0-9]{0,17}), "timestamp": (0|[1-9][0-9]{0,17}), "payload": "'
 ).match
 _COMPACT_MEDIA_HEAD = re.compile(
     r'\{"event":"media","sequence_number":(0|[1-9][0-9]{0,17}),"media":\{"track":"([a-z_]{1,32})",'
-    r'"chunk":(0|[1-9][0-9]{0,17}),"timestamp":(0|[1-9][0-9]{0,17}),"payload":"'
+    r'"chunk":(?:0|[1-9][0-9]{0,17}),"timestamp":(0|[1-9][0-9]{0,17}),"payload":"'
 ).match
 
 
@@ -80,7 +80,8 @@ class Notice:
 
 
 class TrackStats:
-    """Counters for one track (`inbound`, `outbound`, ...)."""
+    """Counters for one track (`inbound`, `outbound`, ...). `last_timestamp_ms` is meaningful
+    once `frames` is at least 1."""
 
     __slots__ = ("bytes", "frames", "gap_max_ms", "last_timestamp_ms")
 
@@ -88,13 +89,15 @@ class TrackStats:
         self.frames = 0
         self.bytes = 0
         self.gap_max_ms = 0
-        self.last_timestamp_ms: int | None = None
+        self.last_timestamp_ms = 0
 
 
 def base64_decoded_size(length: int, padding: int) -> int:
-    """Bytes a base64 text of `length` characters decodes to, `padding` of them trailing '='.
+    """Bytes a base64 text of `length` characters decodes to, `padding` of them '='.
 
-    Works for unpadded base64 too (length % 4 of 2 or 3). Nothing is decoded.
+    Works for unpadded base64 too (length % 4 of 2 or 3). Nothing is decoded. The collector
+    counts as padding the '=' among the last two characters (`text.count("=", -2)`), which for
+    valid base64 is exactly its padding.
     """
     return max(0, (length * 3) // 4 - padding)
 
@@ -127,7 +130,6 @@ class StreamStats:
 
     __slots__ = (
         "_clock",
-        "bytes",
         "call_id",
         "channels",
         "encoding",
@@ -135,7 +137,6 @@ class StreamStats:
         "errors",
         "first_media_at_ns",
         "first_timestamp_ms",
-        "frames",
         "last_media_at_ns",
         "last_timestamp_ms",
         "max_message_chars",
@@ -176,9 +177,7 @@ class StreamStats:
         self.started_at_ns: int | None = None
         self.stop_reason: str | None = None
         self.stopped_at_ns: int | None = None
-        # media
-        self.frames = 0
-        self.bytes = 0
+        # media (frames and bytes are the sums over the tracks)
         self.track_stats: dict[str, TrackStats] = {}
         self.first_timestamp_ms: int | None = None
         self.last_timestamp_ms: int | None = None
@@ -208,48 +207,62 @@ class StreamStats:
                 head = _SPACED_MEDIA_HEAD(message) or _COMPACT_MEDIA_HEAD(message)
                 # The payload runs from the head to the first quote, which must open the `"}}`
                 # that ends the message; a backslash anywhere means escapes and the general path.
+                # A track's first frame also takes the general path (its chunk is reported).
                 if head is not None and "\\" not in message:
+                    sequence, track, timestamp = head.groups()
+                    stats = self.track_stats.get(track)
                     start = head.end()
-                    end = message.find('"', start)
-                    if end == len(message) - 3 and message[end:] == '"}}':
-                        size = (end - start) * 3 // 4
-                        if message[end - 1] == "=":
-                            size -= 2 if message[end - 2] == "=" else 1
-                        sequence, track, chunk, timestamp = head.groups()
-                        return self._media(int(sequence), track, chunk, int(timestamp), max(size, 0))
+                    end = len(message) - 3
+                    if stats is not None and message.find('"', start) == end and message.endswith("}}"):
+                        size = (end - start) * 3 // 4 - message.count("=", end - 2, end)
+                        if size < 0:  # noqa: PLR1730 (hot path: an `if` is cheaper than max())
+                            size = 0
+                        self._count(stats, int(sequence), int(timestamp), size)
+                        return None
                 return self._general(message)
             return self._unusual(message)
         except Exception as exc:  # the one broad except: counting must never break a receive loop
             return self.record_error("collector_error", f"{type(exc).__name__} while counting a message")
+
+    def _count(self, stats: TrackStats, sequence: int, timestamp: int, size: int) -> None:
+        # The hot path: a frame on a track already seen. Everything rarer (a track's first frame,
+        # hence the stream's first, or no sequence number) is in `_media`.
+        now = self._clock()
+        self.sequenced += 1
+        if sequence > self.sequence_max:
+            self.sequence_max = sequence
+            if self.sequence_min < 0:
+                self.sequence_min = sequence
+        else:
+            self.out_of_order += 1
+            if sequence < self.sequence_min:  # noqa: PLR1730 (hot path: an `if` is cheaper than min())
+                self.sequence_min = sequence
+        stats.frames += 1
+        stats.bytes += size
+        gap = timestamp - stats.last_timestamp_ms
+        if gap > stats.gap_max_ms:  # noqa: PLR1730 (hot path: an `if` is cheaper than max())
+            stats.gap_max_ms = gap
+        stats.last_timestamp_ms = timestamp
+        self.last_timestamp_ms = timestamp
+        self.last_media_at_ns = now
 
     def _media(
         self, sequence: int | None, track: str, chunk: object, timestamp: int, size: int
     ) -> Notice | None:
         now = self._clock()
         if sequence is not None:
-            self.sequenced += 1
-            if sequence > self.sequence_max:
-                if self.sequenced == 1:
-                    self.sequence_min = sequence
-                self.sequence_max = sequence
-            else:
-                self.out_of_order += 1
-                if sequence < self.sequence_min:  # noqa: PLR1730 (an `if` is cheaper than min())
-                    self.sequence_min = sequence
+            self._sequence(sequence)
         stats = self.track_stats.get(track)
         if stats is None:
             stats = self._new_track(track)
+        if stats.frames and timestamp - stats.last_timestamp_ms > stats.gap_max_ms:
+            stats.gap_max_ms = timestamp - stats.last_timestamp_ms
         stats.frames += 1
         stats.bytes += size
-        last = stats.last_timestamp_ms
-        if last is not None and timestamp - last > stats.gap_max_ms:
-            stats.gap_max_ms = timestamp - last
         stats.last_timestamp_ms = timestamp
-        self.bytes += size
         self.last_timestamp_ms = timestamp
         self.last_media_at_ns = now
-        self.frames += 1
-        if self.frames == 1:
+        if self.first_media_at_ns is None:
             return self._first_media(now, track, chunk, timestamp)
         return None
 
@@ -297,7 +310,7 @@ class StreamStats:
         except (ValueError, RecursionError) as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
             return self._error("invalid_json", f"not JSON ({reason}): {_shown(text)!r}")
-        return self._read(document)
+        return self._read_checked(document)
 
     def observe_message(self, message: object) -> Notice | None:
         """Count one message the receiver has already parsed (what `json.loads` returned).
@@ -307,31 +320,26 @@ class StreamStats:
         """
         try:
             self.messages += 1
-            return self._read(message)
+            # A well-formed media message first, with nothing but type checks: the hot path.
+            # Everything else, including the errors, goes to `_read_checked`.
+            if type(message) is dict and message.get("event") == "media":
+                media = message.get("media")
+                sequence = message.get("sequence_number")
+                if type(media) is dict and type(sequence) is int and sequence >= 0:
+                    track = media.get("track")
+                    timestamp = media.get("timestamp")
+                    payload = media.get("payload")
+                    # Only a track already seen (so its first frame took the checked path).
+                    stats = self.track_stats.get(track) if type(track) is str else None
+                    if stats is not None and type(timestamp) is int and type(payload) is str:
+                        size = len(payload) * 3 // 4 - payload.count("=", -2)
+                        if size < 0:  # noqa: PLR1730 (hot path: an `if` is cheaper than max())
+                            size = 0
+                        self._count(stats, sequence, timestamp, size)
+                        return None
+            return self._read_checked(message)
         except Exception as exc:  # never raise into the receive loop
             return self.record_error("collector_error", f"{type(exc).__name__} while counting a message")
-
-    def _read(self, message: object) -> Notice | None:
-        # A well-formed media message first, with nothing but type checks: this is the hot path
-        # of `observe_message`. Everything else, including the errors, goes to `_read_checked`.
-        if type(message) is dict and message.get("event") == "media":
-            media = message.get("media")
-            sequence = message.get("sequence_number")
-            if type(media) is dict and (sequence is None or (type(sequence) is int and sequence >= 0)):
-                track = media.get("track")
-                timestamp = media.get("timestamp")
-                payload = media.get("payload")
-                if (
-                    type(track) is str
-                    and 0 < len(track) <= 32
-                    and type(timestamp) is int
-                    and type(payload) is str
-                ):
-                    size = len(payload) * 3 // 4
-                    if payload[-1:] == "=":
-                        size -= 2 if payload[-2:] == "==" else 1
-                    return self._media(sequence, track, media.get("chunk"), timestamp, max(size, 0))
-        return self._read_checked(message)
 
     def _read_checked(self, message: object) -> Notice | None:
         if not isinstance(message, Mapping):
@@ -360,12 +368,12 @@ class StreamStats:
         return self._error("unexpected_event", f"unknown event {_shown(event)!r}")
 
     def _sequence(self, sequence: int) -> None:
-        # The same bookkeeping as `_media`, for the other messages.
+        # The same bookkeeping as `_media`, for the other messages and the rare media frames.
         self.sequenced += 1
         if sequence > self.sequence_max:
-            if self.sequenced == 1:
-                self.sequence_min = sequence
             self.sequence_max = sequence
+            if self.sequence_min < 0:
+                self.sequence_min = sequence
         else:
             self.out_of_order += 1
             self.sequence_min = min(self.sequence_min, sequence)
@@ -385,8 +393,7 @@ class StreamStats:
             )
         if not isinstance(payload, str):
             return self._error("invalid_message", f'media "payload" is {_kind(payload)}, not base64 text')
-        padding = min(2, len(payload) - len(payload.rstrip("=")))
-        size = base64_decoded_size(len(payload), padding)
+        size = base64_decoded_size(len(payload), payload.count("=", -2))
         return self._media(sequence, str(track)[:32], media.get("chunk"), timestamp, size)
 
     def _connected(self, message: Mapping[str, Any]) -> Notice:
@@ -464,6 +471,16 @@ class StreamStats:
             return self._error(error_type, message)
         except Exception:  # never raise into the host
             return None
+
+    @property
+    def frames(self) -> int:
+        """Media frames counted, all tracks."""
+        return sum(stats.frames for stats in self.track_stats.values())
+
+    @property
+    def bytes(self) -> int:
+        """Decoded media payload bytes, all tracks (computed from the base64 lengths)."""
+        return sum(stats.bytes for stats in self.track_stats.values())
 
     @property
     def sequence_gaps(self) -> int:

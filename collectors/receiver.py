@@ -318,6 +318,40 @@ class InstrumentedConnection:
             self.session.notice(notice)
         return cast(str | bytes, message)
 
+    async def recv_json(self) -> Any:
+        """The next message, parsed: `json.loads(await connection.recv())`, parsed once for both
+        the app and the collector, which counts from the parsed message (the cheapest way to be
+        counted). A message that is not JSON is recorded, then `json.loads`' error is raised."""
+        message = await self.connection.recv()
+        stats = self.session.stats
+        if type(message) is str and len(message) <= stats.max_message_chars:
+            try:
+                document = json.loads(message)
+            except (ValueError, RecursionError):
+                self._notify(self._observe(message))  # records invalid_json
+                raise
+            notice = stats.observe_message(document)
+        else:
+            notice = self._observe(message)  # binary_frame or frame_too_large
+            document = json.loads(message)
+        if notice is not None:
+            self.session.notice(notice)
+        return document
+
+    async def iter_json(self) -> AsyncIterator[Any]:
+        """`recv_json()` until the connection closes normally (as `async for` does for `recv()`)."""
+        from websockets.exceptions import ConnectionClosedOK
+
+        try:
+            while True:
+                yield await self.recv_json()
+        except ConnectionClosedOK:
+            return
+
+    def _notify(self, notice: Notice | None) -> None:
+        if notice is not None:
+            self.session.notice(notice)
+
     def __aiter__(self) -> AsyncIterator[str | bytes]:
         return self._messages()
 

@@ -380,6 +380,42 @@ def test_recv_without_decoding_counts_text_frames_as_text(
     assert attributes["minivoice.errors"] == 0
 
 
+def test_iter_json_parses_once_and_counts_from_the_parsed_message(
+    memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
+) -> None:
+    received: list[Any] = []
+    refused: list[BaseException] = []
+
+    async def parsed(websocket: InstrumentedConnection) -> None:
+        while True:
+            try:
+                async for message in websocket.iter_json():
+                    received.append(message)
+                return
+            except ValueError as exc:  # json.loads' own error, as the app would get it
+                refused.append(exc)
+
+    messages: list[str | bytes] = [connected(), start(), *media_frames(3), "{oops", b"\x01", stop(9)]
+    span = run_stream(memory_provider, memory_exporter, messages, handler=parsed)
+
+    assert [m["event"] for m in received] == ["connected", "start", *["media"] * 6, "stop"]
+    assert [type(e).__name__ for e in refused] == ["JSONDecodeError", "JSONDecodeError"]
+    attributes = dict(span.attributes or {})
+    assert attributes["minivoice.media.frames"] == 6
+    assert attributes["minivoice.media.bytes"] == 960
+    assert attributes["minivoice.media.gap_max_ms"] == 20
+    assert attributes["minivoice.error.types"] == ("invalid_json", "binary_frame")
+    assert attributes["minivoice.stop.reason"] == "stop_stream"
+    assert [name for name, _ in events(span)] == [
+        "connected",
+        "start",
+        "first_media",
+        "error",
+        "error",
+        "stop",
+    ]
+
+
 def test_streamed_fragments_are_counted_as_one_message(
     memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
 ) -> None:
