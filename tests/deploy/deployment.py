@@ -52,6 +52,11 @@ def callscope_services() -> dict[str, dict[str, Any]]:
     }
 
 
+def cli_services() -> dict[str, dict[str, Any]]:
+    """The callscope services that run a `callscope` subcommand (the image's entrypoint, not overridden)."""
+    return {name: service for name, service in callscope_services().items() if "entrypoint" not in service}
+
+
 def command_args(service: dict[str, Any]) -> list[str]:
     """A service's `command` as an argument list (compose accepts a list or a shell-like string)."""
     command = service.get("command")
@@ -68,6 +73,24 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
     return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+_COMPOSE_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+
+
+def interpolate(value: str, shell: dict[str, str] | None = None) -> str:
+    """A compose value with `${VAR}`, `${VAR:-default}` and `${VAR-default}` resolved against `shell`."""
+    shell = shell or {}
+
+    def resolve(match: re.Match[str]) -> str:
+        name, operator, default = match.group(1), match.group(2), match.group(3) or ""
+        if operator == ":-":
+            return shell.get(name) or default
+        if operator == "-":
+            return shell.get(name, default)
+        return shell.get(name, "")
+
+    return _COMPOSE_VARIABLE.sub(resolve, value)
 
 
 @dataclass(frozen=True)
