@@ -332,8 +332,8 @@ class InstrumentedConnection:
                 raise
             notice = stats.observe_message(document)
         else:
-            notice = self._observe(message)  # binary_frame or frame_too_large
-            document = json.loads(message)
+            self._notify(self._observe(message))  # binary_frame or frame_too_large
+            return json.loads(message)  # whatever json.loads makes of it, as the app would get
         if notice is not None:
             self.session.notice(notice)
         return document
