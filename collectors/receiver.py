@@ -398,6 +398,14 @@ class InstrumentedConnection:
                 pass
         return self._observe(message)
 
+    async def __aenter__(self) -> InstrumentedConnection:
+        # Special methods are looked up on the type, not through __getattr__: forward them.
+        await self.connection.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.connection.__aexit__(*exc_info)
+
     def __getattr__(self, name: str) -> Any:
         if name in InstrumentedConnection.__slots__:  # not set yet: no recursion through ourselves
             raise AttributeError(name)

@@ -361,6 +361,36 @@ def test_a_handler_that_returns_after_stop_leaves_the_close_to_the_server(
     assert span.status.status_code is StatusCode.OK
 
 
+def test_the_wrapped_connection_behaves_as_the_connection(
+    memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
+) -> None:
+    seen: dict[str, Any] = {}
+
+    async def uses_the_api(websocket: InstrumentedConnection) -> None:
+        seen["path"] = websocket.request.path
+        seen["remote"] = websocket.remote_address[0]
+        async with websocket:  # closes with 1000 on the way out, as websockets does
+            message = await websocket.recv()
+            await websocket.send(json.dumps({"ack": json.loads(message)["event"]}))
+
+    async def scenario() -> str:
+        handler = instrument_receiver(uses_the_api, tracer_provider=memory_provider)
+        async with receiver(handler) as base, connect(base + "/media?call_id=call_api") as client:
+            await client.send(start(call_id=None))
+            reply = str(await client.recv())
+            await client.wait_closed()
+        await wait_for_spans(memory_exporter)
+        return reply
+
+    assert json.loads(asyncio.run(scenario())) == {"ack": "start"}
+    assert seen == {"path": "/media?call_id=call_api", "remote": "127.0.0.1"}
+    (span,) = memory_exporter.get_finished_spans()
+    attributes = dict(span.attributes or {})
+    assert attributes["minivoice.closed_by"] == "receiver"
+    assert attributes["minivoice.close.code"] == 1000
+    assert attributes["minivoice.call_id"] == "call_api"
+
+
 def test_recv_without_decoding_counts_text_frames_as_text(
     memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
 ) -> None:
