@@ -1,0 +1,189 @@
+"""The timeline's tables: `calls`, `call_events`, `unattributed_spans`: schemas and view SQL.
+
+Stored layout (written by `pipeline.timeline`, atomically, file by file):
+
+    DIR/calls/base-<seq>.parquet          every call, as of the build that wrote it
+    DIR/calls/delta-<seq>.parquet         calls re-evaluated by an incremental step
+    DIR/call_events/base-<seq>.parquet    timeline points of the spans of a full build
+    DIR/call_events/delta-<seq>.parquet   timeline points of the spans of an incremental step
+    DIR/unattributed_spans/...            spans without a call id (same base/delta scheme)
+
+Every `calls` row carries `_version` (the sequence number of the step that wrote it); the
+`calls` view keeps the highest version of each call, so a delta supersedes the base without
+rewriting it, and a consolidated base (a new, higher version) supersedes both. Timeline points
+are append-only (a span's points never change); the `call_events` view moves receiver points
+onto the webhook clock by the call's `receiver_clock_skew_ms` and adds the pipeline's points (the
+verdict, a detected skew), so they follow the latest verdict without rewriting any file.
+
+This module only holds text and schemas (no DuckDB import), so `pipeline.storage` can register
+the views for every process that opens the data directory.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+CALLS = "calls"
+CALL_EVENTS = "call_events"
+UNATTRIBUTED = "unattributed_spans"
+VERSION_COLUMN = "_version"
+
+_TS = pa.timestamp("us", tz="UTC")
+_STRINGS = pa.list_(pa.string())
+
+CALLS_SCHEMA = pa.schema(
+    [
+        ("call_id", pa.string()),
+        ("trace_id", pa.string()),
+        ("verdict", pa.string()),
+        ("failure_stage", pa.string()),
+        ("reason", pa.string()),
+        ("next_step", pa.string()),
+        ("is_final", pa.bool_()),
+        ("customer_id", pa.string()),
+        ("application_id", pa.string()),
+        ("direction", pa.string()),
+        ("call_status", pa.string()),
+        ("first_seen_at", _TS),
+        ("last_seen_at", _TS),
+        ("answer_url_status", pa.int64()),
+        ("answer_url_latency_ms", pa.float64()),
+        ("answer_url_requests", pa.int64()),
+        ("answer_url_response_body", pa.string()),
+        ("action_valid", pa.bool_()),
+        ("action_problems", _STRINGS),
+        ("stream_url", pa.string()),
+        ("track", pa.string()),
+        ("connected_at", _TS),
+        ("first_media_at", _TS),
+        ("last_media_at", _TS),
+        ("media_frames", pa.int64()),
+        ("media_gap_max_ms", pa.int64()),
+        ("disconnected_at", _TS),
+        ("close_code", pa.int64()),
+        ("closed_by", pa.string()),
+        ("close_reason", pa.string()),
+        ("stop_reason", pa.string()),
+        ("receiver_connections", pa.int64()),
+        ("receiver_errors", pa.int64()),
+        ("stream_ended_before_call_ms", pa.float64()),
+        ("completed_at", _TS),
+        ("webhook_count", pa.int64()),
+        ("duplicate_webhooks", pa.int64()),
+        ("receiver_clock_skew_ms", pa.int64()),
+        ("from_masked", pa.string()),
+        ("to_masked", pa.string()),
+        ("from_hash", pa.string()),
+        ("to_hash", pa.string()),
+        ("service_names", _STRINGS),
+        ("span_count", pa.int64()),
+        ("evaluated_at", _TS),
+    ]
+)
+"""The public `calls` columns (the view's; stored files add `_version`)."""
+
+CALL_EVENTS_STORED_SCHEMA = pa.schema(
+    [
+        ("call_id", pa.string()),
+        ("recorded_at", _TS),
+        ("source", pa.string()),
+        ("event", pa.string()),
+        ("detail", pa.string()),
+        ("span_id", pa.string()),
+        ("ord", pa.int16()),
+    ]
+)
+"""What `call_events` files hold: points on the clock that recorded them."""
+
+CALL_EVENTS_SCHEMA = pa.schema(
+    [
+        ("call_id", pa.string()),
+        ("ts", _TS),
+        ("source", pa.string()),
+        ("event", pa.string()),
+        ("detail", pa.string()),
+        ("recorded_at", _TS),
+        ("span_id", pa.string()),
+        ("ord", pa.int16()),
+    ]
+)
+"""The `call_events` view: `ts` on the webhook clock (receiver points corrected for skew)."""
+
+UNATTRIBUTED_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("source", pa.string()),
+        ("name", pa.string()),
+        ("service_name", pa.string()),
+        ("status_code", pa.string()),
+        ("start_at", _TS),
+        ("end_at", _TS),
+        ("ingested_at", _TS),
+    ]
+)
+"""Spans that arrived without a call id: counted and shown, never silently dropped."""
+
+
+def calls_view_sql(source: str) -> str:
+    """SQL: the latest row (highest `_version`) of each call in `source` (stored calls rows)."""
+    return (
+        f"SELECT * EXCLUDE ({VERSION_COLUMN}) FROM {source} "
+        f"WHERE (call_id, {VERSION_COLUMN}) IN "
+        f"(SELECT call_id, max({VERSION_COLUMN}) FROM {source} GROUP BY call_id)"
+    )
+
+
+def call_events_view_sql(events: str, latest_calls: str) -> str:
+    """SQL: stored points (`events`) on one clock, plus the pipeline's points from `latest_calls`."""
+    return f"""
+SELECT e.call_id,
+       CASE WHEN e.source = 'receiver' AND coalesce(c.receiver_clock_skew_ms, 0) <> 0
+            THEN e.recorded_at - to_milliseconds(c.receiver_clock_skew_ms) ELSE e.recorded_at END AS ts,
+       e.source, e.event, e.detail, e.recorded_at, e.span_id, e.ord
+FROM {events} e LEFT JOIN (SELECT call_id, receiver_clock_skew_ms FROM {latest_calls}) c USING (call_id)
+UNION ALL
+SELECT call_id, connected_at, 'pipeline', 'clock_skew',
+       printf('receiver clock is %d ms %s the webhook clock; receiver times in this timeline are corrected',
+              abs(receiver_clock_skew_ms),
+              CASE WHEN receiver_clock_skew_ms > 0 THEN 'ahead of' ELSE 'behind' END),
+       NULL, NULL, CAST(-1 AS SMALLINT)
+FROM {latest_calls} WHERE coalesce(receiver_clock_skew_ms, 0) <> 0
+UNION ALL
+SELECT call_id, greatest(last_seen_at, completed_at), 'pipeline', 'verdict',
+       concat(verdict, ' (', failure_stage,
+              CASE WHEN is_final THEN ', final' ELSE ', not final yet' END, '): ',
+              reason, '. Next: ', next_step),
+       NULL, NULL, CAST(32000 AS SMALLINT)
+FROM {latest_calls}
+"""
+
+
+def _template(sql: str) -> str:
+    """Escape braces for `str.format(glob=...)` (pipeline.storage.TABLE_VIEWS), keeping `{glob}`."""
+    return sql.replace("{", "{{").replace("}", "}}").replace("{{glob}}", "{glob}")
+
+
+_CALLS_FILES = "read_parquet({glob}, union_by_name=true)"
+# The call_events view also reads the calls files: derive their glob from its own.
+_CALLS_FILES_FROM_EVENTS = (
+    "read_parquet(regexp_replace({glob}, '/call_events/[*][*]/[*][.]parquet$', '/calls/**/*.parquet'), "
+    "union_by_name=true)"
+)
+
+TIMELINE_VIEWS: dict[str, str] = {
+    CALLS: _template(calls_view_sql(_CALLS_FILES)),
+    CALL_EVENTS: _template(
+        call_events_view_sql(
+            "read_parquet({glob}, union_by_name=true)", f"({calls_view_sql(_CALLS_FILES_FROM_EVENTS)})"
+        )
+    ),
+}
+"""View templates for `pipeline.storage.TABLE_VIEWS` (`{glob}`: the table's quoted absolute glob)."""
+
+TIMELINE_EMPTY_SCHEMAS: dict[str, pa.Schema] = {
+    CALLS: CALLS_SCHEMA,
+    CALL_EVENTS: CALL_EVENTS_SCHEMA,
+    UNATTRIBUTED: UNATTRIBUTED_SCHEMA,
+}
+"""Typed empty views before the first build, so queries on a fresh data dir work."""

@@ -1,0 +1,754 @@
+"""`callscope build`: span segments in, `calls` / `call_events` / `unattributed_spans` out.
+
+The I/O edge around the pure core (`pipeline.facts`, `pipeline.rules`, `pipeline.verdicts`,
+`pipeline.events`): it runs the same SQL over Parquet segments with DuckDB, keeps the per-call
+facts between runs, and writes the output tables (layout in `pipeline.tables`).
+
+State, private to the builder, in `DIR/_timeline/state.duckdb` (never read by anyone else; the
+DuckDB file lock makes a second concurrent builder fail with a clear message):
+
+- `facts`: the mergeable facts of every call (including the keys of the spans already counted);
+- `verdicts`: each call's current verdict, `is_final`, when it must be re-evaluated without new
+  spans (`next_check_ns`), and what the root span needs;
+- `root_stored`, `root_exported`: per call, the verdict of the last root span written to our span
+  store and exported to the OTLP endpoints (tracked apart, so a failing endpoint never re-writes
+  the store);
+- `processed_files`, `unattributed_keys`, `meta` (sequence number, ingest watermark, config).
+
+A full build reads every segment. An incremental step (`--follow`, or `build` when state exists)
+reads only segment files it has not processed, and of those only rows ingested after the
+watermark minus `margin` (a compacted file re-packs rows already counted; a segment renamed into
+place late holds rows ingested a little before the watermark). Rows whose span key the call already
+counted are dropped (OTLP retries, compaction), the new spans' facts merge into the stored facts of
+the calls they touch, and only those calls, plus calls whose grace or settle time has passed, are
+re-evaluated and written as a delta. Outputs are written before the state commits, under names
+derived from the step's sequence number, so a crash between the two is repaired by the next run
+overwriting the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+
+from pipeline import facts as facts_mod
+from pipeline import tables
+from pipeline.events import call_events_sql
+from pipeline.rules import FAILURE_VERDICTS, RulesConfig
+from pipeline.schema import MINIVOICE_COLUMN
+from pipeline.settings import Settings
+from pipeline.storage import COMPRESSION, DataDir, fsync_dir
+from pipeline.verdicts import UNATTRIBUTED_SQL, calls_sql
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from pipeline.rootspan import RootSpanEmitter
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "_timeline"
+STATE_DB = "state.duckdb"
+STATE_FORMAT = "1"
+ROOT_TABLES = ("root_stored", "root_exported")
+#: Rows of a new segment ingested this long before the watermark are taken as already counted.
+DEFAULT_MARGIN_NS = 10 * 60 * 1_000_000_000
+#: Consolidate `calls` deltas into a new base past this many delta rows (or DELTA_FILES_MAX files).
+DELTA_ROWS_MIN = 200_000
+DELTA_FILES_MAX = 64
+ROW_GROUP_SIZE = 131_072
+
+
+class TimelineError(RuntimeError):
+    """The build cannot run as asked (another build holds the state, unreadable data, ...)."""
+
+
+@dataclass(slots=True)
+class BuildSummary:
+    """What one build or incremental step did."""
+
+    mode: str
+    seq: int = 0
+    new_files: int = 0
+    spans: int = 0
+    duplicate_spans: int = 0
+    calls_evaluated: int = 0
+    calls_total: int = 0
+    unattributed: int = 0
+    unattributed_total: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    root_spans: int = 0
+    root_span_errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        """A human summary, a few lines."""
+        if self.mode == "idle":
+            return [f"no new spans; {self.calls_total} calls"]
+        out = [
+            f"{self.mode} build #{self.seq}: {self.spans} new spans from {self.new_files} segment files, "
+            f"{self.calls_evaluated} calls evaluated ({self.calls_total} in all) in {self.seconds:.2f} s"
+        ]
+        if self.verdicts:
+            failures = sum(n for v, n in self.verdicts.items() if v in FAILURE_VERDICTS)
+            parts = ", ".join(f"{v} {n}" for v, n in sorted(self.verdicts.items(), key=lambda kv: -kv[1]))
+            out.append(f"verdicts of the evaluated calls: {parts} ({failures} failures)")
+        if self.duplicate_spans:
+            out.append(f"{self.duplicate_spans} duplicate span rows (OTLP retries) counted once")
+        out.append(
+            f"{self.unattributed} new spans without a call id ({self.unattributed_total} in all): "
+            "see the unattributed_spans table"
+        )
+        if self.root_spans or self.root_span_errors:
+            out.append(f"{self.root_spans} minivoice.call root spans emitted")
+        out.extend(f"root span export failed: {e}" for e in self.root_span_errors)
+        return out
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
+    """The first column of the first row (None without rows). Reads the result to its end, which
+    DuckDB requires before the connection runs anything else."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _file_seq(path: Path) -> int | None:
+    """The sequence number in an output file name (`base-000000000012.parquet` -> 12)."""
+    stem = path.stem
+    for prefix in ("base-", "delta-"):
+        if stem.startswith(prefix):
+            digits = stem[len(prefix) :].split("-")[0]
+            if digits.isdigit():
+                return int(digits)
+    return None
+
+
+class Timeline:
+    """The builder of one data directory. Not thread-safe; one per process (the state is locked)."""
+
+    def __init__(
+        self,
+        data: DataDir,
+        config: RulesConfig | None = None,
+        *,
+        emitter: RootSpanEmitter | None = None,
+        margin_ns: int = DEFAULT_MARGIN_NS,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.data = data
+        self.config = config or RulesConfig()
+        self.facts_config = facts_mod.FactsConfig(answer_url_timeout_ms=self.config.answer_url_timeout_ms)
+        self.emitter = emitter
+        self.margin_ns = margin_ns
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # ---- paths and connection --------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data.path / STATE_DIR
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / STATE_DB
+
+    def _config_key(self) -> str:
+        # Facts and stored timeline points depend on the answer_url timeout; the rest only on verdicts.
+        return f"{STATE_FORMAT}:timeout={self.config.answer_url_timeout_ms}"
+
+    def _connect(self, path: Path) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise TimelineError(
+                    f"another `callscope build` is running on {self.data.path} (its state {path} is locked); "
+                    "stop it or wait for it to finish"
+                ) from exc
+            raise TimelineError(f"cannot open the build state {path}: {exc}") from exc
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET preserve_insertion_order = false")
+        temp = self.state_dir / "tmp"
+        con.execute(f"SET temp_directory = '{temp}'")
+        if self.memory_limit:
+            con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        if self.threads:
+            con.execute(f"SET threads = {int(self.threads)}")
+        return con
+
+    def _state(self) -> duckdb.DuckDBPyConnection | None:
+        """The open state connection, or None when there is no usable state (a full build is due)."""
+        if self._con is not None:
+            return self._con
+        if not self.state_path.exists():
+            return None
+        con = self._connect(self.state_path)
+        try:
+            config = _scalar(con, "SELECT value FROM meta WHERE key = 'config'")
+        except Exception:  # a state from an older format or a half-made file: rebuild it
+            con.close()
+            return None
+        if config != self._config_key():
+            con.close()
+            return None
+        self._con = con
+        return con
+
+    def close(self) -> None:
+        """Release the state (and its lock)."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> Timeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- public operations -----------------------------------------------------------------
+
+    def build(self, as_of_ns: int | None = None, *, full: bool = False) -> BuildSummary:
+        """Bring the outputs up to date: incrementally when state exists, else (or if `full`) fully."""
+        as_of_ns = time.time_ns() if as_of_ns is None else as_of_ns
+        if full or self._state() is None:
+            return self.full_build(as_of_ns)
+        return self.step(as_of_ns)
+
+    def follow(
+        self,
+        interval: float = 2.0,
+        *,
+        stop: threading.Event | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        on_step: Callable[[BuildSummary], None] | None = None,
+    ) -> None:
+        """Build, then apply new spans every `interval` seconds until `stop` is set."""
+        stop = stop or threading.Event()
+        summary = self.build(clock())
+        if on_step:
+            on_step(summary)
+        while not stop.wait(max(0.0, interval - summary.seconds)):
+            summary = self.step(clock())
+            if on_step and summary.mode != "idle":
+                on_step(summary)
+
+    # ---- full build ------------------------------------------------------------------------
+
+    def full_build(self, as_of_ns: int) -> BuildSummary:
+        """Rebuild facts and every output from all segments."""
+        started = time.perf_counter()
+        self.close()
+        previous = self._previous_root_records()
+        seq = self._next_seq_from_files()
+        tmp_path = self.state_dir / f".{STATE_DB}.{os.getpid()}.new"
+        for leftover in (tmp_path, Path(f"{tmp_path}.wal")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        con = self._connect(tmp_path)
+        summary = BuildSummary(mode="full", seq=seq)
+        try:
+            self._create_state_tables(con)
+            segments = self.data.segments()
+            paths = [str(s.path) for s in segments]
+            summary.new_files = len(paths)
+            if paths:
+                self._full_from_segments(con, paths, as_of_ns, seq, summary)
+            else:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE calls_out AS {self._empty_calls_sql()}")
+            con.executemany("INSERT INTO processed_files VALUES (?)", [[p] for p in paths])
+            for table, records in previous.items():
+                con.register("previous_records", records)
+                con.execute(f"INSERT INTO {table} SELECT call_id, verdict FROM previous_records")
+                con.unregister("previous_records")
+            watermark = _scalar(con, "SELECT coalesce(max(last_ingested_ns), 0) FROM facts")
+            self._set_meta(con, seq=seq, watermark=int(watermark or 0))
+            con.execute("CHECKPOINT")
+        except BaseException:
+            con.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
+            raise
+        con.close()
+        os.replace(tmp_path, self.state_path)
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{tmp_path}.wal").unlink()
+        self._remove_outputs_before(seq)
+        self.data.refresh_views_if_changed()
+        con = self._state()
+        assert con is not None
+        summary.calls_total = self._count(con, "verdicts")
+        summary.unattributed_total = self._count(con, "unattributed_keys")
+        self._emit_root_spans(con, summary)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def _previous_root_records(self) -> dict[str, Any]:
+        """What root spans were emitted, kept across a full rebuild (else they would be re-emitted)."""
+        if not self.state_path.exists():
+            return {}
+        import duckdb
+
+        records: dict[str, Any] = {}
+        try:
+            with duckdb.connect(str(self.state_path), read_only=True) as old:
+                for table in ROOT_TABLES:
+                    records[table] = old.sql(f"SELECT call_id, verdict FROM {table}").to_arrow_table()
+        except duckdb.Error:
+            return {}
+        return records
+
+    def _full_from_segments(
+        self, con: duckdb.DuckDBPyConnection, paths: list[str], as_of_ns: int, seq: int, summary: BuildSummary
+    ) -> None:
+        source = f"read_parquet({_sql_list(paths)}, union_by_name=true)"
+        typed = all(MINIVOICE_COLUMN in pq.read_schema(p).names for p in paths)
+        rows_sql = facts_mod.span_rows_sql(source, has_minivoice_column=typed)
+        if typed:
+            rows = f"({rows_sql})"
+        else:
+            # Without the promoted column every row parses JSON: do it once, for facts and events.
+            con.execute(f"CREATE TEMP TABLE span_rows AS {rows_sql}")
+            rows = "span_rows"
+        con.execute(f"INSERT INTO facts {facts_mod.call_facts_sql(rows, self.facts_config)}")
+        events_source = rows
+        dups = con.execute(
+            "SELECT count(*), coalesce(sum(len(span_keys) - len(list_distinct(span_keys))), 0) "
+            "FROM facts WHERE len(span_keys) <> len(list_distinct(span_keys))"
+        ).fetchall()[0]
+        if dups[0]:
+            # OTLP retries stored some spans twice: recount those calls from one copy of each span.
+            summary.duplicate_spans = int(dups[1])
+            con.execute(
+                "CREATE TEMP TABLE dup_calls AS SELECT call_id FROM facts "
+                "WHERE len(span_keys) <> len(list_distinct(span_keys))"
+            )
+            con.execute(
+                f"CREATE TEMP TABLE dup_rows AS SELECT * FROM {rows} "
+                "WHERE call_id IN (SELECT call_id FROM dup_calls) "
+                "QUALIFY row_number() OVER (PARTITION BY span_key ORDER BY ingested_at_ns, end_ns DESC) = 1"
+            )
+            con.execute("DELETE FROM facts WHERE call_id IN (SELECT call_id FROM dup_calls)")
+            con.execute(f"INSERT INTO facts {facts_mod.call_facts_sql('dup_rows', self.facts_config)}")
+            events_source = (
+                f"(SELECT * FROM {rows} WHERE call_id NOT IN (SELECT call_id FROM dup_calls) "
+                "UNION ALL BY NAME SELECT * FROM dup_rows)"
+            )
+        summary.spans = int(_scalar(con, "SELECT coalesce(sum(span_count), 0) FROM facts") or 0)
+        self._evaluate(con, "facts", as_of_ns)
+        con.execute(f"INSERT INTO verdicts {self._verdicts_select()}")
+        self._write_calls(con, f"base-{seq:012d}.parquet", seq)
+        self._write(
+            con, tables.CALL_EVENTS, f"base-{seq:012d}.parquet", call_events_sql(events_source, self.config)
+        )
+        # Spans without a call id: one copy each.
+        unattributed = UNATTRIBUTED_SQL.format(source=source) + (
+            " QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY ingested_at) = 1"
+        )
+        con.execute(f"CREATE TEMP TABLE unattributed_new AS {unattributed}")
+        summary.unattributed = self._count(con, "unattributed_new")
+        con.execute("INSERT INTO unattributed_keys SELECT hash(trace_id, span_id) FROM unattributed_new")
+        if summary.unattributed:
+            self._write(
+                con, tables.UNATTRIBUTED, f"base-{seq:012d}.parquet", "SELECT * FROM unattributed_new"
+            )
+        summary.calls_evaluated = self._count(con, "calls_out")
+        summary.verdicts = self._verdict_counts(con)
+
+    # ---- incremental step ------------------------------------------------------------------
+
+    def step(self, as_of_ns: int | None = None) -> BuildSummary:
+        """Apply spans of segment files not processed yet, and re-evaluate calls whose time came."""
+        as_of_ns = time.time_ns() if as_of_ns is None else as_of_ns
+        con = self._state()
+        if con is None:
+            return self.full_build(as_of_ns)
+        started = time.perf_counter()
+        processed = {row[0] for row in con.execute("SELECT path FROM processed_files").fetchall()}
+        segments = self.data.segments()
+        existing = {str(s.path) for s in segments}
+        new_paths = [str(s.path) for s in segments if str(s.path) not in processed]
+        due = _scalar(
+            con,
+            "SELECT count(*) FROM verdicts WHERE next_check_ns IS NOT NULL AND next_check_ns <= ?",
+            [as_of_ns],
+        )
+        gone = processed - existing
+        if not new_paths and not due:
+            if gone:
+                self._forget_files(con, gone)
+            self._emit_root_spans(con, summary := BuildSummary(mode="idle"))
+            summary.calls_total = self._count(con, "verdicts")
+            if summary.root_spans or summary.root_span_errors:
+                summary.mode = "incremental"
+            summary.seconds = time.perf_counter() - started
+            return summary
+
+        seq = self._meta_int(con, "seq") + 1
+        summary = BuildSummary(mode="incremental", seq=seq, new_files=len(new_paths))
+        watermark = self._meta_int(con, "watermark")
+        for name in (
+            "batch",
+            "batch_u",
+            "batch_facts",
+            "merged",
+            "eval_facts",
+            "calls_out",
+            "unattributed_new",
+        ):
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+        if new_paths:
+            source = f"read_parquet({_sql_list(new_paths)}, union_by_name=true)"
+            typed = all(MINIVOICE_COLUMN in pq.read_schema(p).names for p in new_paths)
+            rows_sql = facts_mod.span_rows_sql(
+                f"(SELECT * FROM {source} WHERE ingested_at_ns > {watermark - self.margin_ns})",
+                has_minivoice_column=typed,
+            )
+            con.execute(f"CREATE TEMP TABLE batch AS {rows_sql}")
+            read = self._count(con, "batch")
+            batch_max = _scalar(con, "SELECT max(ingested_at_ns) FROM batch")
+            # Already counted: the span key is among the stored keys of its call.
+            con.execute(
+                "DELETE FROM batch WHERE call_id IS NOT NULL AND span_key IN ("
+                "SELECT unnest(span_keys) FROM facts WHERE call_id IN (SELECT DISTINCT call_id FROM batch))"
+            )
+            con.execute(
+                "CREATE TEMP TABLE batch_u AS SELECT * FROM batch QUALIFY row_number() OVER "
+                "(PARTITION BY span_key ORDER BY ingested_at_ns, end_ns DESC) = 1"
+            )
+            kept = self._count(con, "batch_u")
+            summary.duplicate_spans = read - kept
+            con.execute(
+                f"CREATE TEMP TABLE batch_facts AS {facts_mod.call_facts_sql('batch_u', self.facts_config)}"
+            )
+            summary.spans = int(_scalar(con, "SELECT coalesce(sum(span_count), 0) FROM batch_facts") or 0)
+            con.execute(
+                "CREATE TEMP TABLE merged AS "
+                + facts_mod.merge_facts_sql(
+                    "(SELECT * FROM facts WHERE call_id IN (SELECT call_id FROM batch_facts) "
+                    "UNION ALL BY NAME SELECT * FROM batch_facts)",
+                    self.facts_config,
+                )
+            )
+            con.execute(
+                f"CREATE TEMP TABLE unattributed_new AS {UNATTRIBUTED_SQL.format(source=source)} "
+                f"AND ingested_at_ns > {watermark - self.margin_ns} "
+                "AND hash(trace_id, span_id) NOT IN (SELECT span_key FROM unattributed_keys) "
+                "QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY ingested_at) = 1"
+            )
+            summary.unattributed = self._count(con, "unattributed_new")
+            new_watermark = max(watermark, int(batch_max or 0))
+        else:
+            con.execute("CREATE TEMP TABLE merged AS SELECT * FROM facts WHERE false")
+            new_watermark = watermark
+        con.execute(
+            "CREATE TEMP TABLE eval_facts AS SELECT * FROM merged UNION ALL BY NAME "
+            "SELECT * FROM facts WHERE call_id IN (SELECT call_id FROM verdicts "
+            "WHERE next_check_ns IS NOT NULL AND next_check_ns <= ?) "
+            "AND call_id NOT IN (SELECT call_id FROM merged)",
+            [as_of_ns],
+        )
+        self._evaluate(con, "eval_facts", as_of_ns)
+        summary.calls_evaluated = self._count(con, "calls_out")
+        summary.verdicts = self._verdict_counts(con)
+        name = f"delta-{seq:012d}.parquet"
+        if summary.calls_evaluated:
+            self._write_calls(con, name, seq)
+        if new_paths and self._count(con, "batch_u"):
+            self._write(con, tables.CALL_EVENTS, name, call_events_sql("batch_u", self.config))
+        if summary.unattributed:
+            self._write(con, tables.UNATTRIBUTED, name, "SELECT * FROM unattributed_new")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM facts WHERE call_id IN (SELECT call_id FROM merged)")
+            con.execute("INSERT INTO facts SELECT * FROM merged")
+            con.execute("DELETE FROM verdicts WHERE call_id IN (SELECT call_id FROM calls_out)")
+            con.execute(f"INSERT INTO verdicts {self._verdicts_select()}")
+            if new_paths:
+                con.execute(
+                    "INSERT INTO unattributed_keys SELECT hash(trace_id, span_id) FROM unattributed_new"
+                )
+                con.executemany("INSERT INTO processed_files VALUES (?)", [[p] for p in new_paths])
+            if gone:
+                con.execute(
+                    "DELETE FROM processed_files WHERE path IN (SELECT unnest(?::VARCHAR[]))", [sorted(gone)]
+                )
+            self._set_meta(con, seq=seq, watermark=new_watermark)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self.data.refresh_views_if_changed()
+        summary.calls_total = self._count(con, "verdicts")
+        summary.unattributed_total = self._count(con, "unattributed_keys")
+        self._emit_root_spans(con, summary)
+        self._maybe_consolidate(con)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    # ---- shared pieces ---------------------------------------------------------------------
+
+    def _create_state_tables(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            f"CREATE TABLE facts AS {facts_mod.call_facts_sql(self._empty_rows_sql(), self.facts_config)}"
+        )
+        con.execute(
+            "CREATE TABLE verdicts (call_id VARCHAR, trace_id VARCHAR, verdict VARCHAR, "
+            "failure_stage VARCHAR, "
+            "reason VARCHAR, next_step VARCHAR, is_final BOOLEAN, next_check_ns BIGINT, "
+            "first_activity_ns BIGINT, last_activity_ns BIGINT, customer_id VARCHAR, application_id VARCHAR, "
+            "direction VARCHAR, call_status VARCHAR)"
+        )
+        for table in ROOT_TABLES:
+            con.execute(f"CREATE TABLE {table} (call_id VARCHAR, verdict VARCHAR)")
+        con.execute("CREATE TABLE processed_files (path VARCHAR)")
+        con.execute("CREATE TABLE unattributed_keys (span_key UBIGINT)")
+        con.execute("CREATE TABLE meta (key VARCHAR, value VARCHAR)")
+
+    def _empty_rows_sql(self) -> str:
+        from pipeline.schema import SPAN_SCHEMA
+        from pipeline.storage import empty_select
+
+        return "(" + facts_mod.span_rows_sql(f"({empty_select(SPAN_SCHEMA)})") + ")"
+
+    def _empty_calls_sql(self) -> str:
+        empty_facts = f"({facts_mod.call_facts_sql(self._empty_rows_sql(), self.facts_config)})"
+        return calls_sql(empty_facts, 0, self.config)
+
+    def _evaluate(self, con: duckdb.DuckDBPyConnection, facts_table: str, as_of_ns: int) -> None:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE calls_out AS {calls_sql(facts_table, as_of_ns, self.config)}"
+        )
+
+    @staticmethod
+    def _verdicts_select() -> str:
+        return (
+            "SELECT call_id, trace_id, verdict, failure_stage, reason, next_step, is_final, next_check_ns, "
+            "first_activity_ns, last_activity_ns, customer_id, application_id, direction, call_status "
+            "FROM calls_out"
+        )
+
+    def _write_calls(self, con: duckdb.DuckDBPyConnection, name: str, seq: int) -> None:
+        internal = ", ".join(("next_check_ns", "first_activity_ns", "last_activity_ns"))
+        self._write(
+            con,
+            tables.CALLS,
+            name,
+            f"SELECT * EXCLUDE ({internal}), CAST({seq} AS BIGINT) AS {tables.VERSION_COLUMN} FROM calls_out",
+        )
+
+    def _write(self, con: duckdb.DuckDBPyConnection, table: str, name: str, query: str) -> Path:
+        """COPY a query's rows to `DIR/<table>/<name>` atomically (hidden temp name, fsync, rename)."""
+        directory = self.data.table_dir(table)
+        path = directory / name
+        tmp = directory / f".{name}.tmp"
+        try:
+            con.execute(
+                f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION {COMPRESSION}, "
+                f"ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+            )
+            if self.data.fsync:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        if self.data.fsync:
+            fsync_dir(directory)
+        return path
+
+    def _set_meta(self, con: duckdb.DuckDBPyConnection, *, seq: int, watermark: int) -> None:
+        con.execute("DELETE FROM meta")
+        con.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [["config", self._config_key()], ["seq", str(seq)], ["watermark", str(watermark)]],
+        )
+
+    @staticmethod
+    def _meta_int(con: duckdb.DuckDBPyConnection, key: str) -> int:
+        value = _scalar(con, "SELECT value FROM meta WHERE key = ?", [key])
+        return int(value) if value is not None else 0
+
+    @staticmethod
+    def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+        return int(_scalar(con, f"SELECT count(*) FROM {table}") or 0)
+
+    @staticmethod
+    def _verdict_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+        return {
+            v: int(n)
+            for v, n in con.execute("SELECT verdict, count(*) FROM calls_out GROUP BY ALL").fetchall()
+        }
+
+    def _forget_files(self, con: duckdb.DuckDBPyConnection, gone: set[str]) -> None:
+        con.execute("DELETE FROM processed_files WHERE path IN (SELECT unnest(?::VARCHAR[]))", [sorted(gone)])
+
+    def _next_seq_from_files(self) -> int:
+        highest = 0
+        for table in (tables.CALLS, tables.CALL_EVENTS, tables.UNATTRIBUTED):
+            directory = self.data.path / table
+            if directory.is_dir():
+                for path in directory.glob("*.parquet"):
+                    highest = max(highest, _file_seq(path) or 0)
+        return highest + 1
+
+    def _remove_outputs_before(self, seq: int) -> None:
+        """Delete output files a full build at `seq` supersedes."""
+        for table in (tables.CALLS, tables.CALL_EVENTS, tables.UNATTRIBUTED):
+            directory = self.data.path / table
+            if not directory.is_dir():
+                continue
+            for path in directory.glob("*.parquet"):
+                file_seq = _file_seq(path)
+                if file_seq is not None and file_seq < seq:
+                    path.unlink(missing_ok=True)
+
+    def _maybe_consolidate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Fold `calls` deltas into a new base when they grow (a view over many files is slow)."""
+        directory = self.data.path / tables.CALLS
+        deltas = sorted(directory.glob("delta-*.parquet"))
+        if not deltas:
+            return
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in deltas)
+        bases = sorted(directory.glob("base-*.parquet"))
+        base_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in bases)
+        if len(deltas) < DELTA_FILES_MAX and rows < max(DELTA_ROWS_MIN, base_rows // 5):
+            return
+        self.consolidate(con)
+
+    def consolidate(self, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Rewrite `calls` as one base file (latest row per call), and merge `call_events` deltas."""
+        con = con or self._state()
+        if con is None:
+            return
+        seq = self._meta_int(con, "seq")
+        calls_dir = self.data.path / tables.CALLS
+        old = sorted(calls_dir.glob("*.parquet"))
+        if old:
+            glob = str(calls_dir / "*.parquet")
+            latest = tables.calls_view_sql(f"read_parquet('{glob}', union_by_name=true)")
+            # The new base keeps the latest version of each row, so it ties with no delta.
+            self._write(
+                con,
+                tables.CALLS,
+                f"base-{seq:012d}-c.parquet",
+                f"SELECT *, CAST({seq} AS BIGINT) AS {tables.VERSION_COLUMN} FROM ({latest})",
+            )
+            for path in old:
+                if _file_seq(path) is not None and path.name != f"base-{seq:012d}-c.parquet":
+                    path.unlink(missing_ok=True)
+        events_dir = self.data.path / tables.CALL_EVENTS
+        deltas = sorted(events_dir.glob("delta-*.parquet"))
+        if len(deltas) > 1:
+            merged = self._write(
+                con,
+                tables.CALL_EVENTS,
+                f"delta-{seq:012d}-m.parquet",
+                f"SELECT * FROM read_parquet({_sql_list([str(p) for p in deltas])})",
+            )
+            for path in deltas:
+                if path != merged:
+                    path.unlink(missing_ok=True)
+
+    # ---- root spans ------------------------------------------------------------------------
+
+    def _emit_root_spans(self, con: duckdb.DuckDBPyConnection, summary: BuildSummary) -> None:
+        """Emit `minivoice.call` for final calls whose verdict was not emitted yet, or changed."""
+        from pipeline.rootspan import RootSpanEmitter
+
+        emitter = self.emitter or RootSpanEmitter(self.data)
+        pending_store = (
+            "(SELECT v.* FROM verdicts v LEFT JOIN root_stored r USING (call_id) "
+            "WHERE v.is_final AND r.verdict IS DISTINCT FROM v.verdict)"
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE root_pending AS SELECT * FROM {pending_store}")
+        if self._count(con, "root_pending"):
+            summary.root_spans = emitter.store(con, "root_pending", time.time_ns())
+            self._record(con, "root_stored", "SELECT call_id, verdict FROM root_pending")
+        if not emitter.endpoints:
+            return
+        rows = (
+            con.sql(
+                "SELECT v.* FROM verdicts v LEFT JOIN root_exported r USING (call_id) "
+                "WHERE v.is_final AND r.verdict IS DISTINCT FROM v.verdict"
+            )
+            .to_arrow_table()
+            .to_pylist()
+        )
+        if not rows:
+            return
+        outcome = emitter.export(rows)
+        summary.root_span_errors.extend(outcome.errors)
+        if outcome.exported:
+            verdicts = {row["call_id"]: row["verdict"] for row in rows}
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE just_exported AS SELECT unnest(?::VARCHAR[]) AS call_id, "
+                "unnest(?::VARCHAR[]) AS verdict",
+                [outcome.exported, [verdicts[c] for c in outcome.exported]],
+            )
+            self._record(con, "root_exported", "SELECT * FROM just_exported")
+
+    @staticmethod
+    def _record(con: duckdb.DuckDBPyConnection, table: str, rows_sql: str) -> None:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE recording AS {rows_sql}")
+            con.execute(f"DELETE FROM {table} WHERE call_id IN (SELECT call_id FROM recording)")
+            con.execute(f"INSERT INTO {table} SELECT call_id, verdict FROM recording")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+@contextlib.contextmanager
+def open_timeline(settings: Settings, **options: Any) -> Iterator[Timeline]:
+    """A Timeline for the settings' data dir, config and OTLP endpoints; closed on exit."""
+    from pipeline.rootspan import RootSpanEmitter
+
+    data = DataDir(settings.data_dir)
+    config = options.pop("config", None) or RulesConfig.from_settings(settings)
+    emitter = RootSpanEmitter(data, endpoints=settings.otlp_endpoints)
+    timeline = Timeline(data, config, emitter=emitter, **options)
+    try:
+        yield timeline
+    finally:
+        timeline.close()
+
+
+def build(
+    settings: Settings, *, as_of_ns: int | None = None, full: bool = False, config: RulesConfig | None = None
+) -> BuildSummary:
+    """Build the timelines of the settings' data dir once (incrementally when possible)."""
+    with open_timeline(settings, config=config) as timeline:
+        return timeline.build(as_of_ns, full=full)
+
+
+def remove_state(data: DataDir) -> None:
+    """Forget the build state (the next build is a full one)."""
+    shutil.rmtree(data.path / STATE_DIR, ignore_errors=True)
