@@ -56,6 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.schema import SPAN_SCHEMA
+from pipeline.tables import TIMELINE_EMPTY_SCHEMAS, TIMELINE_VIEWS
 
 if TYPE_CHECKING:
     import duckdb
@@ -78,9 +79,9 @@ COMPRESSION_LEVEL = 1
 
 #: SQL (a SELECT over `{glob}`, the absolute glob of the table's Parquet files) for tables whose
 #: view is more than a plain scan. The timeline owns the `calls`/`call_events` entries.
-TABLE_VIEWS: dict[str, str] = {}
+TABLE_VIEWS: dict[str, str] = {**TIMELINE_VIEWS}
 #: Arrow schemas of tables that should have a typed, empty view before their first file exists.
-EMPTY_TABLE_SCHEMAS: dict[str, pa.Schema] = {}
+EMPTY_TABLE_SCHEMAS: dict[str, pa.Schema] = {**TIMELINE_EMPTY_SCHEMAS}
 
 
 class StorageError(RuntimeError):
