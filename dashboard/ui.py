@@ -65,16 +65,45 @@ def settings() -> Settings:
     return Settings.from_environ()
 
 
-@contextlib.contextmanager
-def connection() -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only DuckDB connection over the data directory's views, closed after the run."""
+def _close(con: duckdb.DuckDBPyConnection) -> None:
+    con.close()
+
+
+@st.cache_resource(ttl=15, show_spinner=False, on_release=_close)
+def _views(data_dir: str) -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB with the data directory's views, shared by every session.
+
+    Defining the views globs the data directory (tens of ms); the views themselves glob the files
+    at query time, so new segments and builds show up at once. Re-made every 15 s, which is when
+    a table's first file (a view's definition changing) shows up.
+    """
     from pipeline.dashboard_queries import open_views
 
-    con = open_views(settings().data_dir)
+    return open_views(data_dir)
+
+
+@contextlib.contextmanager
+def connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection over the data directory's views for this run, closed after it.
+
+    A cursor of the shared connection: its own session (time zone, temporary tables), the same views.
+    """
+    cursor = _views(str(settings().data_dir)).cursor()
     try:
-        yield con
+        cursor.execute("SET TimeZone = 'UTC'")
+        yield cursor
     finally:
-        con.close()
+        cursor.close()
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def filter_options(data_dir: str) -> FilterOptions:
+    """The sidebar's choices: one pass over `calls`, kept a minute (new values are rare)."""
+    from pipeline.dashboard_queries import filter_options as query
+    from pipeline.dashboard_queries import open_views
+
+    with open_views(data_dir) as con:
+        return query(con)
 
 
 def sidebar_filters(options: FilterOptions) -> None:

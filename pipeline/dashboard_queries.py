@@ -160,6 +160,30 @@ def _where(flt: CallFilter, *, with_time: bool = True) -> tuple[str, list[Any]]:
 
 _FAILED = "(is_final AND failure_stage IS NOT NULL AND failure_stage <> 'none')"
 
+CALLS = "calls"
+OVERVIEW_TABLE = "overview_calls"
+"""The temporary table `overview` fills with the calls of the window (and the one before it)."""
+#: The columns the overview's queries read.
+OVERVIEW_COLUMNS = (
+    "call_id",
+    "first_seen_at",
+    "is_final",
+    "verdict",
+    "failure_stage",
+    "application_id",
+    "customer_id",
+    "direction",
+)
+
+
+def _source(con: duckdb.DuckDBPyConnection, source: str) -> bool:
+    """Whether `source` (the calls view, or the overview's snapshot) can be queried."""
+    if source == OVERVIEW_TABLE:
+        return True
+    if source != CALLS:
+        raise QueryError(f"unknown source {source!r}")
+    return CALLS in views(con)
+
 
 # ---- the data directory at a glance ----------------------------------------------------------
 
@@ -219,17 +243,25 @@ class FilterOptions:
 
 
 def filter_options(con: duckdb.DuckDBPyConnection, limit: int = 500) -> FilterOptions:
-    """Distinct applications, customers, directions and verdicts, most frequent first."""
-    if "calls" not in views(con):
+    """Distinct applications, customers, directions and verdicts, most frequent first.
+
+    One pass over `calls` (GROUPING SETS), whatever the number of filters.
+    """
+    if CALLS not in views(con):
         return FilterOptions()
-    found: dict[str, list[str]] = {}
-    for column in ("application_id", "customer_id", "direction", "verdict"):
-        rows = con.execute(
-            f"SELECT {column} FROM calls WHERE {column} IS NOT NULL "
-            f"GROUP BY {column} ORDER BY count(*) DESC, {column} LIMIT ?",
-            [limit],
-        ).fetchall()
-        found[column] = [str(row[0]) for row in rows]
+    names = ("application_id", "customer_id", "direction", "verdict")
+    rows = con.execute(
+        "SELECT grouping_id(application_id, customer_id, direction, verdict) AS g, "
+        "coalesce(application_id, customer_id, direction, verdict) AS value, count(*) AS n FROM calls "
+        "GROUP BY GROUPING SETS ((application_id), (customer_id), (direction), (verdict)) "
+        "ORDER BY g, n DESC, value"
+    ).fetchall()
+    # grouping_id sets a bit for each column NOT grouped on: the grouped one is the zero bit.
+    found: dict[str, list[str]] = {name: [] for name in names}
+    for g, value, _ in rows:
+        name = next(n for i, n in enumerate(names) if not (int(g) >> (len(names) - 1 - i)) & 1)
+        if value is not None and len(found[name]) < limit:
+            found[name].append(str(value))
     return FilterOptions(found["application_id"], found["customer_id"], found["direction"], found["verdict"])
 
 
@@ -268,25 +300,25 @@ class Kpis:
         return float(now - before)
 
 
-def _counts(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> WindowCounts:
+def _counts(con: duckdb.DuckDBPyConnection, flt: CallFilter, source: str) -> WindowCounts:
     where, params = _where(flt)
     calls, final, failures, in_progress = _one(
         con,
         "SELECT count(*), count(*) FILTER (WHERE is_final), "
         f"count(*) FILTER (WHERE {_FAILED}), count(*) FILTER (WHERE NOT is_final) "
-        f"FROM calls WHERE {where}",
+        f"FROM {source} WHERE {where}",
         params,
     )
     return WindowCounts(int(calls), int(final), int(failures), int(in_progress))
 
 
-def kpis(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> Kpis:
+def kpis(con: duckdb.DuckDBPyConnection, flt: CallFilter, *, source: str = CALLS) -> Kpis:
     """Calls, failures, failure rate and calls in progress, in the window and the one before it."""
-    if "calls" not in views(con):
-        empty = WindowCounts(0, 0, 0, 0)
-        return Kpis(empty, None if flt.previous() is None else empty)
     previous = flt.previous()
-    return Kpis(_counts(con, flt), None if previous is None else _counts(con, previous))
+    if not _source(con, source):
+        empty = WindowCounts(0, 0, 0, 0)
+        return Kpis(empty, None if previous is None else empty)
+    return Kpis(_counts(con, flt, source), None if previous is None else _counts(con, previous, source))
 
 
 #: Bucket widths the failures chart offers, and the window each is the natural choice up to.
@@ -310,13 +342,15 @@ def default_bucket(span: timedelta | None) -> str:
     return BUCKETS[-1][0]
 
 
-def failures_over_time(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta) -> pl.DataFrame:
+def failures_over_time(
+    con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta, *, source: str = CALLS
+) -> pl.DataFrame:
     """Failed calls per time bucket and verdict: columns `bucket` (UTC start), `verdict`, `calls`."""
     import polars as pl
 
     if bucket <= timedelta(0):
         raise QueryError(f"bucket must be positive, got {bucket}")
-    if "calls" not in views(con):
+    if not _source(con, source):
         return pl.DataFrame(
             schema={"bucket": pl.Datetime("us", "UTC"), "verdict": pl.String, "calls": pl.Int64}
         )
@@ -325,7 +359,7 @@ def failures_over_time(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: 
     return _frame(
         con,
         f"SELECT time_bucket(to_microseconds(?), first_seen_at::TIMESTAMPTZ) AS bucket, verdict, "
-        f"count(*) AS calls FROM calls WHERE {where} AND {_FAILED} "
+        f"count(*) AS calls FROM {source} WHERE {where} AND {_FAILED} "
         "GROUP BY ALL ORDER BY bucket, verdict",
         [micros, *params],
     )
@@ -344,7 +378,7 @@ class FunnelStep:
     """calls / the funnel's base (1.0 at the top when nothing failed at the first step)."""
 
 
-def funnel(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> list[FunnelStep]:
+def funnel(con: duckdb.DuckDBPyConnection, flt: CallFilter, *, source: str = CALLS) -> list[FunnelStep]:
     """The debug-order funnel over final calls that tried to stream.
 
     The base is every final call except `no_stream` (answer_url asked for no stream: not a
@@ -353,10 +387,10 @@ def funnel(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> list[FunnelStep]:
     """
     lost_by_stage: dict[str, int] = {}
     base = 0
-    if "calls" in views(con):
+    if _source(con, source):
         where, params = _where(flt)
         rows = con.execute(
-            f"SELECT coalesce(failure_stage, 'none'), count(*) FROM calls WHERE {where} "
+            f"SELECT coalesce(failure_stage, 'none'), count(*) FROM {source} WHERE {where} "
             "AND is_final AND verdict <> 'no_stream' GROUP BY ALL",
             params,
         ).fetchall()
@@ -371,7 +405,9 @@ def funnel(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> list[FunnelStep]:
     return steps
 
 
-def top_failures(con: duckdb.DuckDBPyConnection, flt: CallFilter, by: str, limit: int = 10) -> pl.DataFrame:
+def top_failures(
+    con: duckdb.DuckDBPyConnection, flt: CallFilter, by: str, limit: int = 10, *, source: str = CALLS
+) -> pl.DataFrame:
     """The `by` values (application_id or customer_id) with the most failures.
 
     Columns: `<by>`, `failures`, `calls`, `failure_rate` (over final calls), `top_verdict`.
@@ -380,7 +416,7 @@ def top_failures(con: duckdb.DuckDBPyConnection, flt: CallFilter, by: str, limit
 
     if by not in ("application_id", "customer_id"):
         raise QueryError(f"top failures are by application_id or customer_id, not {by!r}")
-    if "calls" not in views(con):
+    if not _source(con, source):
         return pl.DataFrame(
             schema={
                 by: pl.String,
@@ -396,7 +432,7 @@ def top_failures(con: duckdb.DuckDBPyConnection, flt: CallFilter, by: str, limit
         f"SELECT {by}, count(*) FILTER (WHERE {_FAILED}) AS failures, count(*) AS calls, "
         f"failures / nullif(count(*) FILTER (WHERE is_final), 0) AS failure_rate, "
         f"mode(verdict) FILTER (WHERE {_FAILED}) AS top_verdict "
-        f"FROM calls WHERE {where} GROUP BY {by} HAVING failures > 0 "
+        f"FROM {source} WHERE {where} GROUP BY {by} HAVING failures > 0 "
         f"ORDER BY failures DESC, {by} LIMIT ?",
         [*params, limit],
     )
@@ -761,13 +797,15 @@ def timeline_marks(spans: Sequence[Mapping[str, Any]]) -> list[TimelineMark]:
     return sorted(marks, key=lambda m: (m.start, m.lane))
 
 
-def failures_by_verdict(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> list[tuple[str, str, int]]:
+def failures_by_verdict(
+    con: duckdb.DuckDBPyConnection, flt: CallFilter, *, source: str = CALLS
+) -> list[tuple[str, str, int]]:
     """(verdict, failure_stage, failed calls) in the window, most frequent first."""
-    if "calls" not in views(con):
+    if not _source(con, source):
         return []
     where, params = _where(flt)
     rows = con.execute(
-        f"SELECT verdict, failure_stage, count(*) AS n FROM calls WHERE {where} AND {_FAILED} "
+        f"SELECT verdict, failure_stage, count(*) AS n FROM {source} WHERE {where} AND {_FAILED} "
         "GROUP BY ALL ORDER BY n DESC, verdict",
         params,
     ).fetchall()
@@ -793,3 +831,67 @@ def headline(
         key = "application_id" if "application_id" in worst else "customer_id"
         text += f" Most failures: {key.removesuffix('_id')} `{worst[key]}` ({worst['failures']:,})."
     return text
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """Everything the Overview page shows for one window, computed in one go by `overview`."""
+
+    kpis: Kpis
+    by_verdict: list[tuple[str, str, int]]
+    funnel: list[FunnelStep]
+    top_applications: pl.DataFrame
+    top_customers: pl.DataFrame
+    series: pl.DataFrame
+    """Failed calls per bucket and verdict (`failures_over_time`)."""
+
+    def headline(self) -> str:
+        """The one-sentence answer (see `headline`)."""
+        worst = self.top_applications.row(0, named=True) if self.top_applications.height else None
+        return headline(self.kpis.current, self.by_verdict, worst)
+
+
+def overview(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta, top: int = 10) -> Overview:
+    """The Overview page's figures: KPIs (and the previous window's), failures by verdict and over
+    time, the funnel, and the top applications and customers by failures.
+
+    The `calls` view resolves the latest row of every call each time it is read, so the calls of
+    the window and of the one before it are read from it once, into a temporary table, and every
+    figure is computed from that.
+    """
+    if CALLS not in views(con):
+        return Overview(
+            kpis(con, flt),
+            [],
+            funnel(con, flt),
+            top_failures(con, flt, "application_id", top),
+            top_failures(con, flt, "customer_id", top),
+            failures_over_time(con, flt, bucket),
+        )
+    previous = flt.previous()
+    where, params = _where(replace(flt, start=previous.start if previous else flt.start))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {OVERVIEW_TABLE} AS "
+        f"SELECT {', '.join(OVERVIEW_COLUMNS)} FROM calls WHERE {where}",
+        params,
+    )
+    try:
+        source = OVERVIEW_TABLE
+        return Overview(
+            kpis(con, flt, source=source),
+            failures_by_verdict(con, flt, source=source),
+            funnel(con, flt, source=source),
+            top_failures(con, flt, "application_id", top, source=source),
+            top_failures(con, flt, "customer_id", top, source=source),
+            failures_over_time(con, flt, bucket, source=source),
+        )
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {OVERVIEW_TABLE}")
+
+
+def spans_without_call_id(con: duckdb.DuckDBPyConnection) -> int:
+    """Stored spans that carry no call id (counted and shown, never dropped)."""
+    if "spans_raw" not in views(con):
+        return 0
+    (count,) = _one(con, "SELECT count(*) FROM spans_raw WHERE call_id IS NULL")
+    return int(count)

@@ -9,9 +9,7 @@ from pipeline import dashboard_queries as q
 
 settings = ui.settings()
 
-with ui.connection() as con:
-    options = q.filter_options(con)
-ui.sidebar_filters(options)
+ui.sidebar_filters(ui.filter_options(str(settings.data_dir)))
 flt, range_label = ui.current_filter(ui.now())
 
 st.title("Calls")

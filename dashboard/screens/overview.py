@@ -10,10 +10,7 @@ from dashboard import ui
 from pipeline import dashboard_queries as q
 
 settings = ui.settings()
-
-with ui.connection() as con:
-    options = q.filter_options(con)
-ui.sidebar_filters(options)
+ui.sidebar_filters(ui.filter_options(str(settings.data_dir)))
 every = ui.live_controls()
 
 st.title("Overview")
@@ -24,35 +21,33 @@ def overview() -> None:
     """Everything below the title; re-runs on its own (with a moving window) when Live is on."""
     now = ui.now()
     flt, range_label = ui.current_filter(now)
+    span = None if flt.start is None or flt.end is None else flt.end - flt.start
+    bucket_label = st.session_state.get("bucket") or q.default_bucket(span)
     with ui.connection() as con:
-        summary = q.data_summary(con)
-        if summary.empty:
-            st.info(ui.how_to_get_data(str(settings.data_dir)), icon=":material/info:")
-            return
-        kpis = q.kpis(con, flt)
-        by_verdict = q.failures_by_verdict(con, flt)
-        top_apps = q.top_failures(con, flt, "application_id")
-        top_customers = q.top_failures(con, flt, "customer_id")
-        steps = q.funnel(con, flt)
-        span = None if flt.start is None or flt.end is None else flt.end - flt.start
-        bucket_label = st.session_state.get("bucket") or q.default_bucket(span)
-        series = q.failures_over_time(con, flt, dict(q.BUCKETS)[bucket_label])
+        figures = q.overview(con, flt, dict(q.BUCKETS)[bucket_label])
+        current = figures.kpis.current
+        # Only an empty window needs to know whether the data directory is empty altogether.
+        summary = q.data_summary(con) if current.calls == 0 else None
+        orphans = q.spans_without_call_id(con)
+    if summary is not None and summary.empty:
+        st.info(ui.how_to_get_data(str(settings.data_dir)), icon=":material/info:")
+        return
+    kpis, steps, series = figures.kpis, figures.funnel, figures.series
+    top_apps, top_customers = figures.top_applications, figures.top_customers
 
-    current = kpis.current
     st.caption(
         f"{range_label.lower()} · as of {now:%Y-%m-%d %H:%M:%S} UTC · data: `{settings.data_dir}`"
         + (" · live" if every else "")
     )
-    if current.calls == 0:
+    if summary is not None:
         latest = f"{summary.last_seen:%Y-%m-%d %H:%M} UTC" if summary.last_seen else "unknown"
         st.warning(
             f"No calls in the {range_label.lower()} match these filters. "
-            f"The data directory holds {summary.calls} calls; the latest was first seen at {latest}. "
-            "Widen the time range in the sidebar.",
+            f"The data directory holds {summary.calls:,} calls; the latest was first seen at {latest}. "
+            "Widen the time range or clear the filters in the sidebar.",
             icon=":material/search_off:",
         )
-    worst = top_apps.row(0, named=True) if top_apps.height else None
-    st.markdown(q.headline(current, by_verdict, worst))
+    st.markdown(figures.headline())
 
     cols = st.columns(4)
     delta = kpis.delta
@@ -73,9 +68,9 @@ def overview() -> None:
     )
     if kpis.previous is None:
         st.caption("Changes are against the previous window of the same length (none for all time).")
-    if summary.spans_without_call_id:
+    if orphans:
         st.caption(
-            f":material/warning: {summary.spans_without_call_id:,} stored spans carry no call id "
+            f":material/warning: {orphans:,} stored spans carry no call id "
             "(query them on the SQL page: `SELECT * FROM spans WHERE call_id IS NULL`)."
         )
 
