@@ -558,7 +558,8 @@ def call_events(con: duckdb.DuckDBPyConnection, call_id: str) -> pl.DataFrame:
                 "detail": pl.String,
             }
         )
-    return _frame(con, "SELECT * FROM call_events WHERE call_id = ? ORDER BY ts", [call_id])
+    order = "ts, ord, span_id" if {"ord", "span_id"} <= set(columns(con, "call_events")) else "ts"
+    return _frame(con, f"SELECT * FROM call_events WHERE call_id = ? ORDER BY {order}", [call_id])
 
 
 def call_spans(con: duckdb.DuckDBPyConnection, call_id: str) -> list[dict[str, Any]]:
@@ -895,3 +896,42 @@ def spans_without_call_id(con: duckdb.DuckDBPyConnection) -> int:
         return 0
     (count,) = _one(con, "SELECT count(*) FROM spans_raw WHERE call_id IS NULL")
     return int(count)
+
+
+#: The SQL page's examples: title -> a read-only query over the views.
+EXAMPLE_QUERIES: dict[str, str] = {
+    "Failure rate by application": """SELECT application_id,
+       count(*) FILTER (WHERE is_final) AS final_calls,
+       count(*) FILTER (WHERE is_final AND failure_stage <> 'none') AS failures,
+       round(100.0 * failures / nullif(final_calls, 0), 1) AS failure_rate_pct
+FROM calls
+GROUP BY application_id
+ORDER BY failure_rate_pct DESC NULLS LAST, failures DESC""",
+    "Calls dropped in the last hour": """SELECT call_id, first_seen_at, application_id, customer_id,
+       close_code, closed_by, reason
+FROM calls
+WHERE verdict = 'stream_dropped' AND first_seen_at >= now() - INTERVAL 1 HOUR
+ORDER BY first_seen_at DESC""",
+    "Slowest answer_url responses": """SELECT call_id, application_id, answer_url_status,
+       round(answer_url_latency_ms) AS latency_ms, verdict
+FROM calls
+WHERE answer_url_latency_ms IS NOT NULL
+ORDER BY answer_url_latency_ms DESC
+LIMIT 20""",
+    "Verdicts in the last 15 minutes": """SELECT verdict, failure_stage, count(*) AS calls
+FROM calls
+WHERE first_seen_at >= now() - INTERVAL 15 MINUTE
+GROUP BY ALL
+ORDER BY calls DESC""",
+    "Receivers closed with an error code": """SELECT close_code, closed_by, count(*) AS calls,
+       any_value(call_id) AS example
+FROM calls
+WHERE close_code IS NOT NULL AND close_code <> 1000
+GROUP BY ALL
+ORDER BY calls DESC""",
+    "Spans without a call id": """SELECT source, name, service_name, count(*) AS spans
+FROM spans
+WHERE call_id IS NULL
+GROUP BY ALL
+ORDER BY spans DESC""",
+}

@@ -223,3 +223,61 @@ def test_call_detail_unknown_call_and_no_call(app: AppTest) -> None:
     at = _ok(app.run())
     at.switch_page("screens/call_detail.py").run()
     assert "Enter a call id" in _ok(at).info[0].value
+
+
+def _sql(app: AppTest) -> AppTest:
+    at = _ok(app.run())
+    at.switch_page("screens/sql.py").run()
+    return _ok(at)
+
+
+def test_sql_page_runs_an_example(app: AppTest, demo: DemoData) -> None:
+    at = _sql(app)
+    at.selectbox(key="sql_example").select("Failure rate by application").run()
+    assert "FROM calls" in at.text_area(key="sql_text").value
+    at.button(key="sql_run").click().run()
+    _ok(at)
+    result = at.dataframe(key="sql_result").value
+    rows = list(demo.rows.values())
+    assert int(result["failures"].sum()) == sum(1 for r in rows if _failed(r))
+    assert int(result["final_calls"].sum()) == sum(1 for r in rows if r["is_final"])
+    assert [b.label for b in at.download_button] == ["Download CSV"]
+    assert any(c.value.startswith(f"{len(result)} row") for c in at.caption)
+
+
+def test_sql_page_free_query(app: AppTest, demo: DemoData) -> None:
+    at = _sql(app)
+    at.text_area(key="sql_text").input("SELECT call_id, verdict FROM calls WHERE verdict = 'no_media'").run()
+    at.button(key="sql_run").click().run()
+    result = _ok(at).dataframe(key="sql_result").value
+    assert list(result["call_id"]) == [demo.call("no_media")]
+
+
+@pytest.mark.parametrize(
+    ("statement", "why"),
+    [
+        ("CREATE TABLE stolen AS SELECT * FROM calls", "CREATE statements are not allowed"),
+        ("INSERT INTO calls (call_id) VALUES ('x')", "INSERT statements are not allowed"),
+        ("ATTACH '/tmp/other.duckdb' AS other", "ATTACH statements are not allowed"),
+        ("COPY calls TO '/tmp/calls.csv'", "COPY statements are not allowed"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "only the data directory's views may be read"),
+        ("SELECT 1; DROP VIEW calls", "one statement at a time"),
+    ],
+)
+def test_sql_page_refuses_anything_but_reading_the_views(app: AppTest, statement: str, why: str) -> None:
+    at = _sql(app)
+    at.text_area(key="sql_text").input(statement).run()
+    at.button(key="sql_run").click().run()
+    _ok(at)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("**Refused:**") and why in errors[0], errors
+    assert not at.dataframe  # nothing ran
+    assert not Path("/tmp/calls.csv").exists()
+
+
+def test_sql_page_reports_a_bad_query(app: AppTest) -> None:
+    at = _sql(app)
+    at.text_area(key="sql_text").input("SELECT no_such_column FROM calls").run()
+    at.button(key="sql_run").click().run()
+    errors = [e.value for e in _ok(at).error]
+    assert errors and "The query failed" in errors[0] and "no_such_column" in errors[0]

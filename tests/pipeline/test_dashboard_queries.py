@@ -330,3 +330,18 @@ def test_default_bucket_gives_a_readable_number_of_bars() -> None:
     assert q.default_bucket(None) == "1 hour"
     for label, width in q.BUCKETS:
         assert q.default_bucket(width * 60) in dict(q.BUCKETS), label
+
+
+@pytest.mark.parametrize("title", list(q.EXAMPLE_QUERIES))
+def test_every_example_query_runs_read_only(demo: DemoData, title: str) -> None:
+    from pipeline.sql import run_query
+    from pipeline.storage import DataDir
+
+    result = run_query(DataDir(demo.data_dir), q.EXAMPLE_QUERIES[title])
+    assert result.columns
+    if title == "Failure rate by application":
+        failures = sum(1 for r in demo.rows.values() if _failed(r))
+        assert sum(row[result.columns.index("failures")] for row in result.rows) == failures
+    if title == "Calls dropped in the last hour":
+        dropped = {r["call_id"] for r in demo.rows.values() if r["verdict"] == "stream_dropped"}
+        assert {row[0] for row in result.rows} == dropped
