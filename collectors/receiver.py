@@ -322,7 +322,21 @@ class InstrumentedConnection:
         """The next message, parsed: `json.loads(await connection.recv())`, parsed once for both
         the app and the collector, which counts from the parsed message (the cheapest way to be
         counted). A message that is not JSON is recorded, then `json.loads`' error is raised."""
-        message = await self.connection.recv()
+        return self._parse(await self.connection.recv())
+
+    async def iter_json(self) -> AsyncIterator[Any]:
+        """`recv_json()` until the connection closes normally (as `async for` does for `recv()`)."""
+        from websockets.exceptions import ConnectionClosedOK
+
+        # The connection's recv() directly, not through ours: no extra coroutine per frame.
+        receive, parse = self.connection.recv, self._parse
+        try:
+            while True:
+                yield parse(await receive())
+        except ConnectionClosedOK:
+            return
+
+    def _parse(self, message: Any) -> Any:
         stats = self.session.stats
         if type(message) is str and len(message) <= stats.max_message_chars:
             try:
@@ -331,22 +345,11 @@ class InstrumentedConnection:
                 self._notify(self._observe(message))  # records invalid_json
                 raise
             notice = stats.observe_message(document)
-        else:
-            self._notify(self._observe(message))  # binary_frame or frame_too_large
-            return json.loads(message)  # whatever json.loads makes of it, as the app would get
-        if notice is not None:
-            self.session.notice(notice)
-        return document
-
-    async def iter_json(self) -> AsyncIterator[Any]:
-        """`recv_json()` until the connection closes normally (as `async for` does for `recv()`)."""
-        from websockets.exceptions import ConnectionClosedOK
-
-        try:
-            while True:
-                yield await self.recv_json()
-        except ConnectionClosedOK:
-            return
+            if notice is not None:
+                self.session.notice(notice)
+            return document
+        self._notify(self._observe(message))  # binary_frame or frame_too_large
+        return json.loads(message)  # whatever json.loads makes of it, as the app would get
 
     def _notify(self, notice: Notice | None) -> None:
         if notice is not None:
@@ -356,12 +359,18 @@ class InstrumentedConnection:
         return self._messages()
 
     async def _messages(self) -> AsyncIterator[str | bytes]:
-        # The same contract as websockets' own __aiter__: stop quietly on a normal close.
+        # The same contract as websockets' own __aiter__ (stop quietly on a normal close), and
+        # like it a loop over the connection's recv(): no extra coroutine per frame.
         from websockets.exceptions import ConnectionClosedOK
 
+        receive, observe, session = self.connection.recv, self._observe, self.session
         try:
             while True:
-                yield await self.recv()
+                message = await receive()
+                notice = observe(message)
+                if notice is not None:
+                    session.notice(notice)
+                yield message
         except ConnectionClosedOK:
             return
 
