@@ -12,6 +12,7 @@ import streamlit as st
 
 from dashboard import ui
 from pipeline import dashboard_queries as q
+from pipeline.queries import close_matches
 
 settings = ui.settings()
 
@@ -30,6 +31,7 @@ with ui.connection() as con:
     call = q.call_row(con, call_id)
     events = q.call_events(con, call_id)
     spans = q.call_spans(con, call_id)
+    similar = close_matches(con, call_id) if call is None and not spans else []
 
 if call is None and not spans:
     st.warning(
@@ -37,6 +39,8 @@ if call is None and not spans:
         "**Calls** page), and that the collectors send to this data directory.",
         icon=":material/search_off:",
     )
+    if similar:
+        st.markdown("Did you mean " + ", ".join(f"[`{c}`](call?call_id={c})" for c in similar) + "?")
     st.stop()
 
 

@@ -217,10 +217,13 @@ def test_call_detail_ok_call_and_clock_skew(app: AppTest, demo: DemoData) -> Non
     assert not any("NTP" in w.value for w in at.warning)
 
 
-def test_call_detail_unknown_call_and_no_call(app: AppTest) -> None:
+def test_call_detail_unknown_call_and_no_call(app: AppTest, demo: DemoData) -> None:
     at = _detail(app, "call_that_never_happened")
     assert any("Nothing is stored about call `call_that_never_happened`" in w.value for w in at.warning)
-    at = _ok(app.run())
+    cut_short = demo.call("happy")[:-2]  # a cut-off paste
+    at = _detail(AppTest.from_file(APP, default_timeout=TIMEOUT), cut_short)
+    assert any("Did you mean" in m.value and demo.call("happy") in m.value for m in at.markdown)
+    at = _ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
     at.switch_page("screens/call_detail.py").run()
     assert "Enter a call id" in _ok(at).info[0].value
 
