@@ -141,14 +141,20 @@ def clock(ns: str) -> str:
     return f"strftime(make_timestamp(({ns}) // 1000), '%H:%M:%S.%g') || 'Z'"
 
 
-def close_description(code: str, closed_by: str, reason: str) -> str:
-    """SQL: "close 1011 (internal error: transcriber crashed) by receiver" from struct fields."""
+def close_code_text(code: str, reason: str) -> str:
+    """SQL: "1011 (internal error: transcriber crashed)" from a close code and reason."""
     names = " ".join(f"WHEN {number} THEN {lit(name)}" for number, name in CLOSE_CODE_NAMES.items())
     name = f"CASE {code} {names} ELSE 'application code' END"
     detail = f"CASE WHEN coalesce({reason}, '') <> '' THEN ': ' || {reason} ELSE '' END"
+    return (
+        f"CASE WHEN {code} IS NULL THEN 'no close code' ELSE {code} || ' (' || {name} || {detail} || ')' END"
+    )
+
+
+def close_description(code: str, closed_by: str, reason: str) -> str:
+    """SQL: "close 1011 (internal error: transcriber crashed) by receiver" from struct fields."""
     return cat(
-        f"CASE WHEN {code} IS NULL THEN 'a close without a code' "
-        f"ELSE 'close ' || {code} || ' (' || {name} || {detail} || ')' END",
+        f"'close ' || {close_code_text(code, reason)}",
         f"' by ' || coalesce({closed_by}, 'an unknown side')",
     )
 
@@ -197,9 +203,7 @@ def rules(config: RulesConfig) -> list[Rule]:
     problems = "coalesce(au_first_ok.messages, au_first_ok.problems)"
     first_sentences = f"array_to_string(list_transform({problems}, lambda m: split_part(m, '. ', 1)), '; ')"
     drop = "rx_first_drop"
-    drop_close = close_description(f"{drop}.code", "NULL", f"{drop}.reason").replace(
-        " by an unknown side", ""
-    )
+    drop_close = close_code_text(f"{drop}.code", f"{drop}.reason")
     return [
         # 1. answer_url: MiniVoice must get a usable answer before anything else can work.
         Rule(
