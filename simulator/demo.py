@@ -58,12 +58,16 @@ class DemoOptions:
     concurrency: int = 50
     media_seconds: float = 2.0
     """Audio per streamed call."""
-    speed: float = 10.0
-    """Time acceleration of the media stream (10: 2 s of audio in 0.2 s)."""
+    speed: float = 5.0
+    """Time acceleration of the media stream (5: 2 s of audio in 0.4 s). Much faster, and a
+    receiver that closes early may read MiniVoice's whole stream, stop included, before its own
+    close goes out: then the stream did not end early."""
     answer_url_timeout_ms: int = 2000
     """The platform's answer_url timeout, and the pipeline's: one setting for both."""
     grace_seconds: int = 2
     """How long after a call's last activity `call.completed` may still arrive."""
+    settle_seconds: int = 1
+    """How long after `call.completed` late spans may still change a verdict."""
     receiver_clock_offset_ms: int = -4000
     scenarios: tuple[Scenario, ...] | None = None
     """Explicit call list (tests); None: `demo_mix(calls)`."""
@@ -97,6 +101,8 @@ class DemoResult:
     verdicts: dict[str, dict[str, Any]]
     """The `calls` row of each simulated call, by call id."""
     timings: dict[str, float] = field(default_factory=dict)
+    build_summary: list[str] = field(default_factory=list)
+    """The build's own summary lines."""
 
     @property
     def total(self) -> int:
@@ -154,10 +160,11 @@ def run_demo(options: DemoOptions, progress: Progress = lambda _m: None) -> Demo
         provider = collectors.configure(service_name=DEMO_SERVICE, endpoints=[ingest.traces_url])
         try:
             outcomes = asyncio.run(_place_calls(options, provider, progress, timings))
-            wait = _grace_remaining(outcomes, options.grace_seconds)
-            if wait > 0:
-                progress(f"waiting {wait:.1f} s: the grace period for late call.completed webhooks")
-                time.sleep(wait)
+            # The pipeline counts the grace (and settle) periods from when spans were ingested:
+            # the final flush, just now.
+            wait = max(options.grace_seconds, options.settle_seconds) + 0.5
+            progress(f"waiting {wait:.1f} s: the grace period for late call.completed webhooks")
+            time.sleep(wait)
         finally:
             # Flush and retire the exporting provider while ingest still listens, also on
             # Ctrl+C: otherwise its exporter retries against a closed port at exit.
@@ -166,10 +173,12 @@ def run_demo(options: DemoOptions, progress: Progress = lambda _m: None) -> Demo
     timings["calls"] = time.monotonic() - started
     progress("building timelines and verdicts")
     build_started = time.monotonic()
-    verdicts = build_verdicts(settings, [o.call_id for o in outcomes])
+    verdicts, build_lines = build_verdicts(
+        settings, [o.call_id for o in outcomes], settle_seconds=options.settle_seconds
+    )
     timings["build"] = time.monotonic() - build_started
     timings["total"] = time.monotonic() - started
-    return DemoResult(outcomes, verdicts, timings)
+    return DemoResult(outcomes, verdicts, timings, build_lines)
 
 
 async def _place_calls(
@@ -214,28 +223,21 @@ async def _place_calls(
     return outcomes
 
 
-def _grace_remaining(outcomes: list[CallOutcome], grace_seconds: int) -> float:
-    """Seconds until every call's grace period is over (so a lost webhook is final, not pending)."""
-    if not outcomes:
-        return 0.0
-    last_ns = max(o.ended_ns for o in outcomes)
-    # Half a second of margin for the receiver's and the app's own last timestamps.
-    return max(0.0, (last_ns - time.time_ns()) / 1e9 + grace_seconds + 0.5)
-
-
-def build_verdicts(settings: Settings, call_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Run the pipeline build over the data dir; return the `calls` rows of `call_ids`."""
-    import importlib
-
+def build_verdicts(
+    settings: Settings, call_ids: list[str], *, settle_seconds: int | None = None
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Run the pipeline build over the data dir; the `calls` rows of `call_ids`, and its summary."""
+    from pipeline import timeline
+    from pipeline.rules import RulesConfig
     from pipeline.storage import DataDir
 
-    # pipeline.timeline (issue 4) is being written alongside; imported by name until it lands.
-    timeline = importlib.import_module("pipeline.timeline")
-    timeline.build(settings)
-
+    overrides = {} if settle_seconds is None else {"settle_seconds": settle_seconds}
+    summary = timeline.build(settings, config=RulesConfig.from_settings(settings, **overrides))
     with DataDir(settings.data_dir).connect_readonly() as connection:
-        rows = connection.execute(
+        relation = connection.execute(
             "SELECT * FROM calls WHERE call_id IN (SELECT unnest(?::VARCHAR[]))", [call_ids]
-        ).fetchall()
-        columns = [d[0] for d in connection.description or ()]
-    return {row[columns.index("call_id")]: dict(zip(columns, row, strict=True)) for row in rows}
+        )
+        columns = [d[0] for d in relation.description or ()]
+        rows = relation.fetchall()
+    by_id = {row[columns.index("call_id")]: dict(zip(columns, row, strict=True)) for row in rows}
+    return by_id, summary.lines()

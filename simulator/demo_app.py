@@ -66,7 +66,7 @@ class DemoAppConfig:
     """How long the answer_url stalls in `answer_url_timeout`: longer than MiniVoice waits."""
     receiver_clock_offset_ms: int = -4000
     """Clock error of the second receiver's host (`skewed_receiver_clock`)."""
-    overloaded_after_frames: int = 10
+    overloaded_after_frames: int = 6
     """Media frames the overloaded receiver takes before closing with 1011."""
     tracer_provider: TracerProvider | None = None
     """Where the collectors send spans; None: callscope's default (`collectors.configure`)."""

@@ -64,4 +64,9 @@ async def place_test_call(
     )
     async with Platform(config) as platform:
         outcome = await platform.place_call(scenario, options.call_id, observer)
-    return outcome, platform_verdict(outcome, expect_webhooks=options.webhook_url is not None)
+    verdict = platform_verdict(
+        outcome,
+        expect_webhooks=options.webhook_url is not None,
+        answer_url_timeout_ms=options.answer_url_timeout_s * 1000,
+    )
+    return outcome, verdict

@@ -1,10 +1,11 @@
 """The verdict on one call from what the platform alone saw (for `callscope test-call`).
 
-The pipeline's verdicts (`docs/verdicts.md`) join three logs. A test call against a user's
-real endpoints has only the platform's side: the answer_url's response, the stream's handshake
-and close, and whether each webhook was acknowledged. The same debug order applies, and the
-same verdict names; the next step for each verdict comes from the pipeline's own rules
-(`pipeline.verdicts`) when they are importable, so the advice reads the same everywhere.
+The pipeline's verdicts (`pipeline.rules`, `docs/verdicts.md`) join three logs. A test call
+against a user's real endpoints has only the platform's side: the answer_url's response, the
+stream's handshake and close, and whether each webhook was acknowledged. The same debug order
+applies and the verdict names are the pipeline's. The next step is the pipeline rule's own text
+where that is plain text; where the pipeline's is a template over facts only the collectors
+record, the text here follows the same template with what the platform saw.
 
 What the platform cannot see: whether the receiver processed the media it was sent
 (`no_media` and `receiver_error` need the receiver's log). `test-call` says so.
@@ -14,41 +15,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.rules import (
+    ANSWER_URL_FAILED,
+    CALL_FAILED,
+    FAILED_CALL_STATUSES,
+    INVALID_ACTION,
+    NO_MEDIA,
+    NO_STREAM,
+    OK,
+    STREAM_DROPPED,
+    STREAM_NOT_CONNECTED,
+    WEBHOOK_MISSING,
+    RulesConfig,
+    rules,
+)
 from simulator.outcome import CallOutcome
 
-FAILED_STATUSES = ("failed", "busy", "no-answer", "canceled")
-
-FALLBACK_NEXT_STEPS = {
-    "answer_url_failed": "Check the answer_url service: its logs for this call, its status code and latency; "
-    'it must answer within the timeout with JSON {"actions": [...]}.',
-    "invalid_action": "Fix the action the answer_url returns: start_stream needs a wss:// stream_url and "
-    "track inbound, outbound or both. Log answer_url responses during testing.",
-    "stream_not_connected": "Confirm your receiver accepts a WebSocket connection at the stream_url: DNS, "
-    "port open, TLS certificate trusted, handshake answered with 101.",
-    "no_media": "The stream connected but no media arrived: check that the call has audio on the "
-    "requested track, and the receiver's read loop.",
-    "stream_dropped": "The stream ended before the call did, without a stop: check the receiver's logs at "
-    "the close time (close code and reason) and the network path; the call itself went on.",
-    "receiver_error": "Check the receiver's error log for this call.",
-    "webhook_missing": "call.completed did not arrive: check that the webhook endpoint answers 2xx quickly "
-    "and is reachable from MiniVoice; the webhook is the source of truth for completion.",
-    "call_failed": "The call itself failed (busy, no answer, failed or canceled): not a streaming problem.",
-    "ok": "Nothing to do.",
-    "no_stream": "The answer_url asked for no stream; return start_stream if this call needs live audio.",
-}
-
-STAGES = {
-    "answer_url_failed": "answer_url",
-    "invalid_action": "action",
-    "stream_not_connected": "connect",
-    "no_media": "media",
-    "stream_dropped": "stream",
-    "receiver_error": "stream",
-    "webhook_missing": "lifecycle",
-    "call_failed": "lifecycle",
-    "ok": "none",
-    "no_stream": "none",
-}
+STAGES = {rule.verdict: rule.stage for rule in reversed(rules(RulesConfig()))}
+"""The failure stage of each verdict, as the pipeline's rules define it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,71 +46,130 @@ class PlatformVerdict:
 
     @property
     def ok(self) -> bool:
-        return self.verdict == "ok"
+        return self.verdict == OK
 
 
-def next_step(verdict: str) -> str:
-    """The pipeline's next step for `verdict`, or this module's fallback text."""
-    try:
-        from pipeline import verdicts  # type: ignore[attr-defined]
-
-        text = verdicts.next_step_for(verdict)
-    except (ImportError, AttributeError, KeyError, TypeError):
-        text = None
-    return str(text) if text else FALLBACK_NEXT_STEPS.get(verdict, "")
-
-
-def _verdict(verdict: str, reason: str) -> PlatformVerdict:
-    return PlatformVerdict(verdict, STAGES[verdict], reason, next_step(verdict))
+def _literal(sql: str) -> str | None:
+    """The text of a SQL string literal such as `'Nothing to do'`, or None for an expression."""
+    if len(sql) < 2 or sql[0] != "'" or sql[-1] != "'":
+        return None
+    inner = sql[1:-1]
+    if "'" in inner.replace("''", ""):
+        return None  # quotes inside: an expression made of several literals
+    return inner.replace("''", "'")
 
 
-def platform_verdict(outcome: CallOutcome, *, expect_webhooks: bool = True) -> PlatformVerdict:
+def pipeline_next_step(verdict: str) -> str | None:
+    """The next step of the pipeline's (first) rule for `verdict`, if it is plain text."""
+    for rule in rules(RulesConfig()):
+        if rule.verdict == verdict:
+            return _literal(rule.next_step.strip())
+    return None
+
+
+def _verdict(verdict: str, reason: str, next_step: str | None = None) -> PlatformVerdict:
+    step = pipeline_next_step(verdict) or next_step or ""
+    return PlatformVerdict(verdict, STAGES.get(verdict, "none"), reason, step)
+
+
+def _answer_url_failed(outcome: CallOutcome, timeout_ms: float) -> PlatformVerdict:
+    status = outcome.answer_url_status
+    if status is None and "did not answer within" in (outcome.answer_url_error or ""):
+        step = (
+            f"Make the answer_url answer within {timeout_ms:.0f} ms: keep database writes and "
+            "third-party calls off the request path. Check the app log for this call"
+        )
+    elif status is None or status >= 500:
+        step = "Fix the error in the answer_url app: check its log for this call's request"
+    elif not 200 <= status < 300:
+        step = "The answer_url must answer 200: check the route, method (POST) and authentication"
+    else:
+        step = (
+            'Return JSON {"actions": [...]} with Content-Type: application/json from the answer_url; '
+            "check it with `callscope validate FILE`"
+        )
+    body = f": {outcome.answer_url_body[:80]}" if outcome.answer_url_body and status else ""
+    return _verdict(ANSWER_URL_FAILED, f"{outcome.answer_url_error}{body}", step)
+
+
+def _stream_dropped(outcome: CallOutcome) -> PlatformVerdict | None:
+    frames = outcome.media_frames_sent
+    if outcome.closed_by == "network":
+        return _verdict(
+            STREAM_DROPPED,
+            f"the connection dropped without a close frame (1006, network) after {frames} media frames, "
+            "while the call went on, without a stop",
+            "No close frame: check proxies and load balancers between MiniVoice and the receiver for idle "
+            "or stream timeouts, and the receiver host for a restart",
+        )
+    if outcome.closed_by == "receiver" and not (outcome.close_code == 1000 and outcome.stop_sent):
+        reason = f": {outcome.close_reason}" if outcome.close_reason else ""
+        return _verdict(
+            STREAM_DROPPED,
+            f"receiver closed with {outcome.close_code}{reason} after {frames} media frames, while the call "
+            "went on, without a stop",
+            "The receiver ended the stream while the call went on: check its log for the crash or close; "
+            "close only after MiniVoice's stop",
+        )
+    return None
+
+
+def platform_verdict(
+    outcome: CallOutcome, *, expect_webhooks: bool = True, answer_url_timeout_ms: float = 5000
+) -> PlatformVerdict:
     """The first failing step of the call, in MiniVoice's debug order, from the platform's view."""
     if outcome.answer_url_status is None and outcome.answer_url_error is None:
-        # Never answered: no answer_url request at all.
         status = outcome.final_status or "unknown"
-        return _verdict("call_failed", f"the call was not answered (final status {status})")
+        return _verdict(
+            CALL_FAILED,
+            f"call.completed reports status {status}; the call was never answered, so no stream was expected",
+            f"The call itself did not complete ({status}): not a streaming problem",
+        )
     if outcome.answer_url_error is not None:
-        return _verdict("answer_url_failed", outcome.answer_url_error)
+        return _answer_url_failed(outcome, answer_url_timeout_ms)
     if outcome.action_valid is False:
         problems = outcome.action_result.get("problems", []) if outcome.action_result else []
-        messages = "; ".join(str(p.get("message")) for p in problems) or ", ".join(outcome.action_problems)
-        return _verdict("invalid_action", messages)
+        messages = "; ".join(str(p.get("message")).split(". ")[0] for p in problems)
+        return _verdict(INVALID_ACTION, messages or ", ".join(outcome.action_problems))
     if outcome.stream_requested:
         if not outcome.connected:
-            return _verdict("stream_not_connected", outcome.connect_error or "the stream did not connect")
+            return _verdict(
+                STREAM_NOT_CONNECTED,
+                f"answer_url returned a valid start_stream to {outcome.stream_url} (track {outcome.track}), "
+                f"but the connection failed: {outcome.connect_error}",
+                f"Confirm the receiver accepts WebSocket connections at {outcome.stream_url} from MiniVoice: "
+                "DNS, TLS certificate, firewall or load balancer, a 101 handshake",
+            )
         if outcome.media_frames_sent == 0 and outcome.closed_by == "platform":
-            return _verdict("no_media", "the stream connected and started, but no media was sent")
-        if outcome.closed_by == "network":
             return _verdict(
-                "stream_dropped",
-                f"the connection dropped without a close frame (1006) after {outcome.media_frames_sent} "
-                "media frames, before the call ended",
+                NO_MEDIA,
+                "the stream connected and started, but no media was sent (scenario no_media)",
+                "Check that MiniVoice sent start with the tracks you asked for and that the call had audio",
             )
-        if outcome.closed_by == "receiver" and not (outcome.close_code == 1000 and outcome.stop_sent):
-            reason = f" ({outcome.close_reason})" if outcome.close_reason else ""
-            return _verdict(
-                "stream_dropped",
-                f"the receiver closed the stream with {outcome.close_code}{reason} after "
-                f"{outcome.media_frames_sent} media frames, before the call ended and without a stop",
-            )
+        dropped = _stream_dropped(outcome)
+        if dropped is not None:
+            return dropped
     if expect_webhooks:
-        completed = [w for w in outcome.webhooks if w.event == "call.completed"]
-        if completed and completed[0].withheld:
-            return _verdict("webhook_missing", "call.completed was never sent (scenario webhook_lost)")
-        if completed and not completed[0].delivered:
-            w = completed[0]
+        completed = next((w for w in outcome.webhooks if w.event == "call.completed"), None)
+        if completed is not None and completed.withheld:
+            return _verdict(WEBHOOK_MISSING, "call.completed was never sent (scenario webhook_lost)")
+        if completed is not None and not completed.delivered:
             return _verdict(
-                "webhook_missing",
-                f"the webhook endpoint did not acknowledge call.completed after {w.attempts} attempts "
-                f"(last: {w.last_error})",
+                WEBHOOK_MISSING,
+                f"the webhook endpoint did not acknowledge call.completed after {completed.attempts} "
+                f"attempts (last: {completed.last_error})",
             )
-    if outcome.final_status in FAILED_STATUSES:
-        return _verdict("call_failed", f"call.completed has status {outcome.final_status}")
+    if outcome.final_status in FAILED_CALL_STATUSES:
+        status = outcome.final_status
+        return _verdict(
+            CALL_FAILED,
+            f"call.completed reports status {status}",
+            f"The call itself did not complete ({status}): not a streaming problem",
+        )
     if not outcome.stream_requested:
-        return _verdict("no_stream", "the answer_url returned valid actions without start_stream")
+        return _verdict(NO_STREAM, "answer_url returned no start_stream action")
     return _verdict(
-        "ok",
-        f"answer_url valid, stream connected, {outcome.media_frames_sent} media frames, stop and close 1000"
-        + (", call.completed acknowledged" if expect_webhooks else ""),
+        OK,
+        f"{outcome.media_frames_sent} media frames sent; the stream ended with stop and close 1000"
+        + ("; call.completed acknowledged" if expect_webhooks else ""),
     )

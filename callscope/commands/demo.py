@@ -53,7 +53,7 @@ def demo(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Calls in flight at once.")] = 50,
     speed: Annotated[
         float, typer.Option("--speed", min=0.1, help="Media time acceleration (1: real time).")
-    ] = 10.0,
+    ] = 5.0,
 ) -> None:
     """Run the whole product here: simulated calls -> collectors -> ingest -> verdicts -> dashboard.
 
@@ -109,6 +109,8 @@ def _print_summary(console: Console, result: DemoResult) -> None:
 
     from rich.table import Table
 
+    for line in result.build_summary:
+        console.print(f"[dim]· {line}[/dim]")
     expected = Counter(o.expected_verdict for o in result.outcomes)
     counts = result.verdict_counts()
     table = Table(title=f"{result.total} calls", title_justify="left")
