@@ -14,7 +14,7 @@ import pytest
 from pipeline import rules
 from pipeline.rules import RulesConfig
 from pipeline.verdicts import evaluate, next_step_for
-from tests.pipeline.timeline_spans import BAD_ACTIONS, MS, S, T0, SpanFactory, span_factory
+from tests.pipeline.timeline_spans import BAD_ACTIONS, MS, T0, S, SpanFactory, span_factory
 
 LATER = T0 + 3600 * S  # long after every call here: completed calls settled, silent ones expired
 
