@@ -73,15 +73,16 @@ _EVENT_NAMES = (
 )
 
 
-def synthetic_calls(n: int, end: datetime, seed: int = 7) -> tuple[pa.Table, pa.Table]:
-    """`calls` and `call_events` tables for `n` calls first seen over the 24 hours before `end`."""
+def synthetic_calls(n: int, start: datetime, seed: int = 7) -> tuple[pa.Table, pa.Table]:
+    """`calls` and `call_events` tables for `n` calls `call_00000000`... first seen evenly over the
+    24 hours after `start` (as bench/pipeline.py spaces the spans of the same call ids)."""
     rng = np.random.default_rng(seed)
     shares = np.array([m[2] for m in MIX])
     kind = rng.choice(len(MIX), size=n, p=shares / shares.sum())
     verdicts = np.array([m[0] for m in MIX], dtype=object)[kind]
     stages = np.array([m[1] for m in MIX], dtype=object)[kind]
-    end_us = int(end.timestamp() * 1_000_000)
-    first_us = np.sort(end_us - rng.integers(0, 86_400 * 1_000_000, size=n))
+    start_us = int(start.timestamp() * 1_000_000)
+    first_us = start_us + np.arange(n, dtype=np.int64) * (86_400 * 1_000_000 // n) + 5_000_000
     duration_us = rng.integers(20, 600, size=n) * 1_000_000
     call_ids = np.char.add("call_", np.char.zfill(np.arange(n).astype(str), 8)).astype(object)
     apps = np.char.add("app_", rng.zipf(1.6, size=n).clip(1, 200).astype(str)).astype(object)
@@ -196,9 +197,9 @@ def overview_queries(con: duckdb.DuckDBPyConnection, flt: q.CallFilter) -> None:
 
 def detail_queries(con: duckdb.DuckDBPyConnection, call_id: str) -> None:
     """Everything the Call detail page reads for one call."""
-    q.call_row(con, call_id)
+    call = q.call_row(con, call_id)
     q.call_events(con, call_id)
-    q.call_spans(con, call_id)
+    q.call_spans(con, call_id, call)
 
 
 def write_spans(data: DataDir, n_calls: int) -> int:
@@ -211,7 +212,7 @@ def write_spans(data: DataDir, n_calls: int) -> int:
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
     total = 0
-    chunk = 250_000  # bounded memory: about 1.5M spans at a time
+    chunk = 100_000  # bounded memory: about 600k spans at a time
     with duckdb.connect() as con:
         for first in range(0, n_calls, chunk):
             table = generator.generate_spans(
@@ -234,9 +235,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="callscope-bench-") as tmp:
         data = DataDir(args.keep or tmp, fsync=False)
-        end = datetime.now(UTC)
+        # The day bench/pipeline.py generates spans for, so that each call's spans are where its
+        # date partition says (the call detail reads only those partitions).
+        start = datetime(2026, 5, 29, tzinfo=UTC)
+        end = start + timedelta(days=1)
         started = time.perf_counter()
-        calls, events = synthetic_calls(args.calls, end)
+        calls, events = synthetic_calls(args.calls, start)
         # The build's layout: one consolidated base file per table (pipeline.tables).
         data.write_table_file("calls", calls, filename="base-000001.parquet", refresh=False)
         data.write_table_file("call_events", events, filename="base-000001.parquet")

@@ -258,8 +258,8 @@ def trace_otlp_json(data_dir: Path | str, call_id: str) -> dict[str, Any]:
     from pipeline.dashboard_queries import call_row, call_spans, open_views
 
     with open_views(data_dir) as con:
-        spans = call_spans(con, call_id)
         call = call_row(con, call_id)
+        spans = call_spans(con, call_id, call)
     if not spans and call is None:
         raise TraceNotFound(f"no spans and no calls row for call id {call_id!r}")
     return otlp_trace(call_id, spans, call)

@@ -30,7 +30,7 @@ if not call_id:
 with ui.connection() as con:
     call = q.call_row(con, call_id)
     events = q.call_events(con, call_id)
-    spans = q.call_spans(con, call_id)
+    spans = q.call_spans(con, call_id, call)
     similar = close_matches(con, call_id) if call is None and not spans else []
 
 if call is None and not spans:
