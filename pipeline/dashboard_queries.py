@@ -702,9 +702,10 @@ def clock_skew_note(call: Mapping[str, Any], threshold_ms: int = CLOCK_SKEW_NOTE
         return None
     direction = "ahead of" if float(skew) > 0 else "behind"
     return (
-        f"The stream receiver's clock is {abs(float(skew)) / 1000:.1f} s {direction} MiniVoice's "
-        "(webhook times). Receiver times below are as the receiver recorded them; the verdict does "
-        "not depend on them. Check NTP on the receiver host."
+        f"The stream receiver's clock is at least {abs(float(skew)) / 1000:.1f} s {direction} MiniVoice's "
+        "(the webhook times). The chart shows receiver times as the receiver recorded them; the timeline "
+        "events are moved onto MiniVoice's clock. The verdict does not depend on it. "
+        "Check NTP on the receiver host."
     )
 
 

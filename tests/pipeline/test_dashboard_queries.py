@@ -6,6 +6,7 @@ call per simulator scenario), so each test checks the query, not the verdict rul
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -315,7 +316,10 @@ def test_timeline_marks_show_the_disconnect_and_webhooks(
 def test_clock_skew_note_only_when_the_skew_is_large(demo: DemoData) -> None:
     skewed = demo.row("skewed_receiver_clock")
     note = q.clock_skew_note(skewed)
-    assert note is not None and "4." in note and "NTP" in note
+    # The demo's receiver clock runs 4 s behind; the pipeline reports a bound, a little under it.
+    match = re.search(r"at least (\d+\.\d) s behind", note or "")
+    assert match is not None and 3.0 <= float(match.group(1)) <= 4.5, note
+    assert "NTP" in str(note)
     assert q.clock_skew_note(demo.row("happy")) is None
     assert q.clock_skew_note({"receiver_clock_skew_ms": 2500}) is not None
     assert "ahead of" in str(q.clock_skew_note({"receiver_clock_skew_ms": 2500}))
