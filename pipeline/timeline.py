@@ -29,6 +29,7 @@ overwriting the same files.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -59,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 STATE_DIR = "_timeline"
 STATE_DB = "state.duckdb"
+LOCK_FILE = ".lock"
 STATE_FORMAT = "1"
 ROOT_TABLES = ("root_stored", "root_exported")
 #: Rows of a new segment ingested this long before the watermark are taken as already counted.
@@ -158,6 +160,7 @@ class Timeline:
         self.memory_limit = memory_limit
         self.threads = threads
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock_fd: int | None = None
 
     # ---- paths and connection --------------------------------------------------------------
 
@@ -173,9 +176,26 @@ class Timeline:
         # Facts and stored timeline points depend on the answer_url timeout; the rest only on verdicts.
         return f"{STATE_FORMAT}:timeout={self.config.answer_url_timeout_ms}"
 
+    def _lock(self) -> None:
+        """Hold `_timeline/.lock` (flock) while this builder works: one builder per data dir."""
+        if self._lock_fd is not None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise TimelineError(
+                f"another `callscope build` is running on {self.data.path} "
+                f"({self.state_dir / LOCK_FILE} is locked); stop it or wait for it to finish"
+            ) from None
+        self._lock_fd = fd
+
     def _connect(self, path: Path) -> duckdb.DuckDBPyConnection:
         import duckdb
 
+        self._lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             con = duckdb.connect(str(path))
@@ -215,7 +235,13 @@ class Timeline:
         return con
 
     def close(self) -> None:
-        """Release the state (and its lock)."""
+        """Release the state and the builder lock."""
+        self._release_state()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def _release_state(self) -> None:
         if self._con is not None:
             self._con.close()
             self._con = None
@@ -258,7 +284,8 @@ class Timeline:
     def full_build(self, as_of_ns: int) -> BuildSummary:
         """Rebuild facts and every output from all segments."""
         started = time.perf_counter()
-        self.close()
+        self._lock()
+        self._release_state()
         previous = self._previous_root_records()
         seq = self._next_seq_from_files()
         tmp_path = self.state_dir / f".{STATE_DB}.{os.getpid()}.new"
@@ -276,7 +303,7 @@ class Timeline:
                 self._full_from_segments(con, paths, as_of_ns, seq, summary)
             else:
                 con.execute(f"CREATE OR REPLACE TEMP TABLE calls_out AS {self._empty_calls_sql()}")
-            con.executemany("INSERT INTO processed_files VALUES (?)", [[p] for p in paths])
+            con.execute("INSERT INTO processed_files SELECT unnest(?::VARCHAR[])", [paths])
             for table, records in previous.items():
                 con.register("previous_records", records)
                 con.execute(f"INSERT INTO {table} SELECT call_id, verdict FROM previous_records")
@@ -488,7 +515,7 @@ class Timeline:
                 con.execute(
                     "INSERT INTO unattributed_keys SELECT hash(trace_id, span_id) FROM unattributed_new"
                 )
-                con.executemany("INSERT INTO processed_files VALUES (?)", [[p] for p in new_paths])
+                con.execute("INSERT INTO processed_files SELECT unnest(?::VARCHAR[])", [new_paths])
             if gone:
                 con.execute(
                     "DELETE FROM processed_files WHERE path IN (SELECT unnest(?::VARCHAR[]))", [sorted(gone)]

@@ -51,6 +51,7 @@ class SpanFactory:
         self.exporter = InMemorySpanExporter()
         self.providers: dict[str, TracerProvider] = {}
         self.service = service
+        self._last_ingested = 0
 
     def _tracer(self, service: str) -> Any:
         if service not in self.providers:
@@ -257,13 +258,18 @@ class SpanFactory:
     def rows(
         self, ingested_at_ns: int | None = None, spans: Sequence[ReadableSpan] | None = None
     ) -> pa.Table:
-        """The spans as stored rows (SPAN_SCHEMA), through OTLP protobuf and ingest's decoder."""
+        """The spans as stored rows (SPAN_SCHEMA), through OTLP protobuf and ingest's decoder.
+
+        `ingested_at_ns` defaults to a second after the last span ended, and after any earlier
+        batch of this factory (ingest's clock only moves forward).
+        """
         chosen = self.spans() if spans is None else list(spans)
-        ingested = (
-            ingested_at_ns if ingested_at_ns is not None else max((s.end_time or 0) for s in chosen) + S
-        )
+        if ingested_at_ns is None:
+            ended = max((s.end_time or 0) for s in chosen)
+            ingested_at_ns = max(ended + S, self._last_ingested + S)
+        self._last_ingested = max(self._last_ingested, ingested_at_ns)
         body = encode_spans(chosen).SerializeToString()
-        return decode_protobuf(body, ingested).table
+        return decode_protobuf(body, ingested_at_ns).table
 
     def clear(self) -> None:
         """Forget the spans made so far (the next `rows()` holds only new ones)."""
