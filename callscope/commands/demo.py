@@ -6,7 +6,10 @@ print, and turn errors into messages that say what to change.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -71,8 +74,6 @@ def demo(
     from simulator.serving import PortInUse, bind_port
 
     console = Console(highlight=False, soft_wrap=True)
-    # The demo's phone numbers are fake; a demo key lets its dashboard show search by number.
-    os.environ.setdefault("CALLSCOPE_PII_KEY", "callscope-demo-key")
     try:
         settings = Settings.from_environ().with_overrides(data_dir=data)
     except SettingsError as exc:
@@ -87,21 +88,42 @@ def demo(
         concurrency=concurrency,
         speed=speed,
     )
-    try:
+    with _demo_process_state():
+        try:
+            if not no_dashboard:
+                bind_port(HOST, dashboard_port, "--dashboard-port").close()  # fail now, not after the run
+            result = run_demo(options, progress=lambda message: console.print(f"[dim]·[/dim] {message}"))
+        except PortInUse as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted: everything is shut down")
+            raise typer.Exit(130) from None
+        _print_summary(console, result)
+        exit_code = 0 if result.correct == result.total else 1
         if not no_dashboard:
-            bind_port(HOST, dashboard_port, "--dashboard-port").close()  # fail before the run, not after
-        result = run_demo(options, progress=lambda message: console.print(f"[dim]·[/dim] {message}"))
-    except PortInUse as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        console.print("interrupted: everything is shut down")
-        raise typer.Exit(130) from None
-    _print_summary(console, result)
-    exit_code = 0 if result.correct == result.total else 1
-    if not no_dashboard:
-        _serve_dashboard(console, settings.data_dir, dashboard_port)
+            _serve_dashboard(console, settings.data_dir, dashboard_port)
     raise typer.Exit(exit_code)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _demo_process_state() -> Iterator[None]:
+    """SIGTERM handled like Ctrl+C, and a demo PII key; both restored afterwards."""
+    # `kill` (SIGTERM) shuts down as cleanly as Ctrl+C: servers stopped, no orphan dashboard.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # The demo's phone numbers are fake; a demo key lets its dashboard show search by number.
+    had_key = "CALLSCOPE_PII_KEY" in os.environ
+    os.environ.setdefault("CALLSCOPE_PII_KEY", "callscope-demo-key")
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if not had_key:
+            os.environ.pop("CALLSCOPE_PII_KEY", None)
 
 
 def _print_summary(console: Console, result: DemoResult) -> None:
