@@ -1,6 +1,7 @@
 """Collector overhead: the same workload bare and instrumented, in one run. Not a test: prints figures.
 
-    .venv/bin/python bench/collector_overhead.py [--frames 1000000] [--repeats 5] [--requests 3000]
+    .venv/bin/python bench/collector_overhead.py [--frames 1000000] [--repeats 5] [--chunk 50000]
+        [--requests 3000] [--skip-loopback]
 
 1. Media hot path (target: at most 1 us added per frame). `--frames` realistic MiniVoice media
    frames (JSON text as `json.dumps` writes it, two interleaved tracks, 160-byte mu-law payloads
@@ -13,7 +14,9 @@
    - the counting alone (`StreamStats.observe` on the text, `observe_message` on the dict), and a
      layout that misses the fast path (sorted keys), for reference.
    The connection is an in-memory source with websockets' `recv()` contract, so the figures are the
-   collector's cost, not the network's. Each variant runs `--repeats` times, interleaved; medians.
+   collector's cost, not the network's. The variants run back to back on each chunk of `--chunk`
+   frames (so load from elsewhere hits bare and instrumented alike); `added` is the median of those
+   paired differences over every chunk of every repeat.
 2. answer_url (target: at most 100 us added per request at the median): POST /answer to a bare
    Starlette app vs the same app wrapped in `collectors.AnswerUrlMiddleware` (with a batch span
    processor and an exporter that discards), called in-process through ASGI, then over loopback
@@ -154,34 +157,49 @@ def timed(variant: Callable[[Sequence[str]], Any], frames: Sequence[str]) -> flo
     return elapsed
 
 
-def bench_media(count: int, repeats: int) -> dict[str, float]:
+def bench_media(count: int, repeats: int, chunk: int) -> dict[str, float]:
+    """Per variant: us/frame (median over repeats of the whole run) and the added us/frame, as the
+    median over every (repeat, chunk) pair of (variant - bare). The variants run back to back on
+    each chunk of `chunk` frames, so a burst of load from elsewhere hits both sides of a pair."""
     print(f"building {count:,} media frames ...", flush=True)
     frames = media_frames(count)
     sorted_frames = media_frames(count, sort_keys=True)
     print(f"frame: {len(frames[0])} characters, e.g. {frames[0][:100]}...")
+    bare_name = "bare loop (recv + json.loads)"
     variants: dict[str, tuple[Callable[[Sequence[str]], Any], Sequence[str]]] = {
-        "bare loop (recv + json.loads)": (bare_loop, frames),
+        bare_name: (bare_loop, frames),
         "instrumented: InstrumentedConnection, raw-text fast path": (instrumented_loop, frames),
         "instrumented: iter_json() parsed-dict API": (parsed_loop, frames),
         "instrumented, frames in another key order (general path)": (instrumented_loop, sorted_frames),
         "counting alone: StreamStats.observe(text), no loop": (observe_text_only, frames),
         "json.loads + StreamStats.observe_message(dict), no loop": (observe_dict_only, frames),
     }
-    runs: dict[str, list[float]] = {name: [] for name in variants}
+    totals: dict[str, list[float]] = {name: [] for name in variants}
+    pairs: dict[str, list[float]] = {name: [] for name in variants}
     for repeat in range(repeats):
-        for name, (variant, source) in variants.items():
-            runs[name].append(timed(variant, source))
+        run = dict.fromkeys(variants, 0.0)
+        for begin in range(0, count, chunk):
+            seconds = {
+                name: timed(variant, source[begin : begin + chunk])
+                for name, (variant, source) in variants.items()
+            }
+            size = min(chunk, count - begin)
+            for name, elapsed in seconds.items():
+                run[name] += elapsed
+                pairs[name].append((elapsed - seconds[bare_name]) / size * 1e6)
+        for name, elapsed in run.items():
+            totals[name].append(elapsed)
         print(f"  repeat {repeat + 1}/{repeats} done", flush=True)
-    medians = {name: statistics.median(times) for name, times in runs.items()}
-    bare = medians["bare loop (recv + json.loads)"]
-    print(f"\nMedia hot path: {count:,} frames, median of {repeats} interleaved runs")
+    bare = statistics.median(totals[bare_name])
+    print(f"\nMedia hot path: {count:,} frames x {repeats} repeats, in chunks of {chunk:,}")
     print(f"| {'variant':<58} | {'us/frame':>8} | {'added us':>8} | {'ratio':>6} |")
     print(f"| {'-' * 58} | {'-' * 8} | {'-' * 8} | {'-' * 6} |")
     added = {}
-    for name, median in medians.items():
-        per_frame = median / count * 1e6
-        added[name] = (median - bare) / count * 1e6
-        print(f"| {name:<58} | {per_frame:8.3f} | {added[name]:+8.3f} | {median / bare:5.2f}x |")
+    for name, runs in totals.items():
+        median = statistics.median(runs)
+        added[name] = statistics.median(pairs[name])
+        print(f"| {name:<58} | {median / count * 1e6:8.3f} | {added[name]:+8.3f} | {median / bare:5.2f}x |")
+    print("(us/frame: median whole-run time / frames; added: median over chunks of the paired difference)")
     return added
 
 
@@ -358,12 +376,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--frames", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=50_000, help="Frames per paired measurement.")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--skip-loopback", action="store_true", help="Only the in-process answer_url run.")
     args = parser.parse_args(argv)
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
-    added = bench_media(args.frames, args.repeats)
+    added = bench_media(args.frames, args.repeats, args.chunk)
     raw = added["instrumented: InstrumentedConnection, raw-text fast path"]
     parsed = added["instrumented: iter_json() parsed-dict API"]
 
