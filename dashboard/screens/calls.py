@@ -9,7 +9,6 @@ from pipeline import dashboard_queries as q
 
 settings = ui.settings()
 
-ui.sidebar_filters(ui.filter_options(str(settings.data_dir)))
 flt, range_label = ui.current_filter(ui.now())
 
 st.title("Calls")

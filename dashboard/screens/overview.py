@@ -10,7 +10,6 @@ from dashboard import ui
 from pipeline import dashboard_queries as q
 
 settings = ui.settings()
-ui.sidebar_filters(ui.filter_options(str(settings.data_dir)))
 every = ui.live_controls()
 
 st.title("Overview")
