@@ -119,15 +119,14 @@ def triage(
         if call is None:
             spans = queries.call_span_count(con, call_id)
             if spans:
-                console.print(
+                typer.echo(
                     f"call {call_id!r} has {spans} spans but no timeline yet: run "
-                    f"`callscope build --data {settings.data_dir}`",
-                    markup=False,
+                    f"`callscope build --data {settings.data_dir}`"
                 )
                 raise typer.Exit(1)
             matches = queries.close_matches(con, call_id)
-            hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
-            console.print(f"no call {call_id!r} in {settings.data_dir}.{hint}", markup=False)
+            hint = f" Did you mean: {', '.join(matches)}?" if matches else " Check the call id and --data."
+            typer.echo(f"no call {call_id!r} in {settings.data_dir}.{hint}")
             raise typer.Exit(1)
         points = queries.call_timeline(con, call_id)
         unattributed = queries.unattributed_count(con)
