@@ -322,11 +322,12 @@ class Timeline:
             Path(f"{tmp_path}.wal").unlink()
         self._remove_outputs_before(seq)
         self.data.refresh_views_if_changed()
-        con = self._state()
-        assert con is not None
-        summary.calls_total = self._count(con, "verdicts")
-        summary.unattributed_total = self._count(con, "unattributed_keys")
-        self._emit_root_spans(con, summary)
+        state = self._state()
+        if state is None:
+            raise TimelineError(f"the build state {self.state_path} just written cannot be read back")
+        summary.calls_total = self._count(state, "verdicts")
+        summary.unattributed_total = self._count(state, "unattributed_keys")
+        self._emit_root_spans(state, summary)
         summary.seconds = time.perf_counter() - started
         return summary
 
