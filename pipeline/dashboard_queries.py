@@ -711,7 +711,7 @@ def clock_skew_note(call: Mapping[str, Any], threshold_ms: int = CLOCK_SKEW_NOTE
 
 @dataclass(frozen=True, slots=True)
 class TimelineMark:
-    """One thing on the call detail chart: a bar (start < end) or a point (start == end)."""
+    """One thing on the call detail chart: a bar from start to end, or a point at start."""
 
     lane: str
     label: str
@@ -720,6 +720,8 @@ class TimelineMark:
     kind: str
     """`span`, `event` or `problem` (drawn in the failure colour)."""
     detail: str = ""
+    bar: bool = False
+    """Drawn as a bar (the answer_url request, the stream connection, the whole call)."""
 
 
 _LANES = {"answer_url": "answer_url", "receiver": "stream", "webhook": "webhooks", "pipeline": "call"}
@@ -762,12 +764,16 @@ def timeline_marks(spans: Sequence[Mapping[str, Any]]) -> list[TimelineMark]:
             latency = attributes.get("minivoice.answer_url.latency_ms")
             detail = f"HTTP {status}" + (f", {float(latency):.0f} ms" if latency is not None else "")
             marks.append(
-                TimelineMark(lane, "answer_url", start, end, "problem" if failed else "span", detail)
+                TimelineMark(
+                    lane, "answer_url", start, end, "problem" if failed else "span", detail, bar=True
+                )
             )
         elif source == "receiver":
             frames = attributes.get("minivoice.media.frames")
             marks.append(
-                TimelineMark(lane, "stream connection", start, end, "span", f"{frames or 0} media frames")
+                TimelineMark(
+                    lane, "stream connection", start, end, "span", f"{frames or 0} media frames", bar=True
+                )
             )
             for event in span.get("events") or []:
                 name = str(event.get("name"))
@@ -804,6 +810,12 @@ def timeline_marks(spans: Sequence[Mapping[str, Any]]) -> list[TimelineMark]:
                     str(attributes.get("minivoice.close.reason") or ""),
                 )
             )
+        elif span.get("name") == "minivoice.call":
+            # The pipeline's root span: the whole call, start to end, with its verdict.
+            verdict = attributes.get("callscope.verdict") or "?"
+            reason = str(attributes.get("callscope.reason") or "")
+            kind = "problem" if failed else "span"
+            marks.append(TimelineMark(lane, f"call: {verdict}", start, end, kind, reason, bar=True))
         else:
             marks.append(
                 TimelineMark(lane, str(span.get("name")), start, end, "problem" if failed else "span")

@@ -77,45 +77,35 @@ if call is None:
     )
 else:
     banner(call)
-    facts = st.columns(5)
     status = call.get("answer_url_status")
-    facts[0].metric(
-        "answer_url",
-        "–" if status is None else str(status),
-        None
-        if call.get("action_valid") is None
-        else ("valid action" if call["action_valid"] else "invalid action"),
-        delta_color="normal" if call.get("action_valid") else "inverse",
-        delta_arrow="off",
-        border=True,
-    )
-    facts[1].metric(
-        "stream",
-        "connected" if call.get("connected_at") is not None else "not connected",
-        f"{int(call.get('media_frames') or 0):,} media frames",
-        delta_color="off",
-        delta_arrow="off",
-        border=True,
-    )
+    valid = call.get("action_valid")
     code = call.get("close_code")
-    facts[2].metric(
-        "close",
-        "–" if code is None else str(code),
-        f"by {call['closed_by']}" if call.get("closed_by") else None,
-        delta_color="off",
-        delta_arrow="off",
-        border=True,
-    )
     duplicates = int(call.get("duplicate_webhooks") or 0)
-    facts[3].metric(
-        "webhooks",
-        str(call.get("webhook_count") or 0),
-        f"{duplicates} duplicates" if duplicates else None,
-        delta_color="off",
-        delta_arrow="off",
-        border=True,
-    )
-    facts[4].metric("call status", str(call.get("call_status") or "–"), border=True)
+    facts = [
+        (
+            "answer_url",
+            "–" if status is None else f"HTTP {status}",
+            None if valid is None else ("valid action" if valid else "invalid action"),
+        ),
+        (
+            "stream",
+            "connected" if call.get("connected_at") is not None else "not connected",
+            f"{int(call.get('media_frames') or 0):,} media frames",
+        ),
+        (
+            "close",
+            "–" if code is None else str(code),
+            f"by {call['closed_by']}" if call.get("closed_by") else None,
+        ),
+        ("webhooks", str(call.get("webhook_count") or 0), f"{duplicates} duplicates" if duplicates else None),
+        ("call status", str(call.get("call_status") or "–"), None),
+    ]
+    for column, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True):
+        with column.container(border=True):
+            st.caption(label)
+            st.markdown(f"**{value}**")
+            if note:
+                st.caption(note)
     note = q.clock_skew_note(call)
     if note:
         st.warning(note, icon=":material/schedule:")
@@ -134,7 +124,7 @@ def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart | alt.FacetCha
     rows: list[dict[str, Any]] = []
     seen_in_lane: dict[str, int] = {}
     for mark in marks:
-        bar = mark.end > mark.start and mark.label in ("answer_url", "stream connection")
+        bar = mark.bar and mark.end > mark.start
         n = seen_in_lane.get(mark.lane, 0)
         seen_in_lane[mark.lane] = n + (0 if bar else 1)
         rows.append(
@@ -156,7 +146,10 @@ def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart | alt.FacetCha
     colour = alt.Color(
         "kind:N", scale=alt.Scale(domain=list(KIND_COLOURS), range=list(KIND_COLOURS.values())), legend=None
     )
-    x = alt.X("start:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S"))
+    extent = max(m.end for m in marks) - min(m.start for m in marks)
+    # Sub-second ticks for a short call, so its few seconds are not one label.
+    tick = "%H:%M:%S.%L" if extent.total_seconds() < 20 else "%H:%M:%S"
+    x = alt.X("start:T", title="time (UTC)", axis=alt.Axis(format=tick, labelAngle=0))
     y = alt.Y("lane:N", sort=lanes, title=None)
     tooltip = [
         alt.Tooltip("label:N"),

@@ -8,6 +8,7 @@ driver binary: Chromium's own remote-debugging endpoint on a free loopback port.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -55,9 +56,17 @@ class Chromium:
         self._profile = tempfile.TemporaryDirectory(prefix="callscope-chromium-", ignore_cleanup_errors=True)
         self._process: subprocess.Popen[bytes] | None = None
         self._ws: ClientConnection | None = None
+        self._stack = contextlib.ExitStack()
         self._ids = itertools.count(1)
 
     def __enter__(self) -> Chromium:
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def _start(self) -> Chromium:
         self._process = subprocess.Popen(
             [self._binary, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
             stdin=subprocess.DEVNULL,
@@ -75,14 +84,15 @@ class Chromium:
                 time.sleep(0.1)
         if not pages:
             raise RuntimeError("chromium opened no page")
-        self._ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=10)
+        self._ws = self._stack.enter_context(
+            connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=10)
+        )
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._ws is not None:
-            self._ws.close()
+        self._stack.close()
         if self._process is not None:
             self._process.terminate()
             try:

@@ -309,6 +309,11 @@ def test_timeline_marks_show_the_disconnect_and_webhooks(
     clean = [m for m in happy if m.label.startswith("disconnect")]
     assert clean and clean[0].label.startswith("disconnect 1000") and clean[0].kind == "event"
 
+    # The pipeline's root span is the whole call, as a bar with the verdict.
+    root = [m for m in happy if m.lane == "call"]
+    assert len(root) == 1 and root[0].bar and root[0].label == "call: ok"
+    assert root[0].start <= labels["answer_url"].start and root[0].end >= clean[0].end
+
     duplicated = q.timeline_marks(q.call_spans(con, demo.call("duplicate_webhooks")))
     assert any(m.label.endswith("(duplicate)") for m in duplicated)
 
