@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -169,12 +170,12 @@ class RootSpanEmitter:
         self._exporters: dict[str, SpanExporter] = {}
         self._failed_at: dict[str, float] = {}
 
-    def store(self, con: duckdb.DuckDBPyConnection, pending: str, ingested_at_ns: int) -> int:
+    def store(self, con: duckdb.DuckDBPyConnection, pending: str, ingested_at_ns: int) -> list[Path]:
         """Write the root spans of `pending` (a relation of verdicts rows) as span segments."""
         table: pa.Table = con.sql(root_rows_sql(pending, ingested_at_ns, self.host_name)).to_arrow_table()
-        if table.num_rows:
-            self.data.write_segment(table.cast(SPAN_SCHEMA), prefix="root")
-        return table.num_rows
+        if not table.num_rows:
+            return []
+        return self.data.write_segment(table.cast(SPAN_SCHEMA), prefix="root")
 
     def export(self, rows: Sequence[dict[str, Any]]) -> ExportOutcome:
         """Send root spans to every endpoint; a call counts as exported when all endpoints took it."""

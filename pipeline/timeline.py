@@ -715,9 +715,13 @@ class Timeline:
             "WHERE v.is_final AND r.verdict IS DISTINCT FROM v.verdict)"
         )
         con.execute(f"CREATE OR REPLACE TEMP TABLE root_pending AS SELECT * FROM {pending_store}")
-        if self._count(con, "root_pending"):
-            summary.root_spans = emitter.store(con, "root_pending", time.time_ns())
+        pending = self._count(con, "root_pending")
+        if pending:
+            paths = emitter.store(con, "root_pending", time.time_ns())
+            summary.root_spans = pending
             self._record(con, "root_stored", "SELECT call_id, verdict FROM root_pending")
+            # Our own segments hold nothing to build from: never read them back.
+            con.execute("INSERT INTO processed_files SELECT unnest(?::VARCHAR[])", [[str(p) for p in paths]])
         if not emitter.endpoints:
             return
         rows = (
