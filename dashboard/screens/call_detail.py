@@ -120,7 +120,13 @@ KIND_COLOURS = {"span": "#94a3b8", "event": "#2563eb", "problem": "#dc2626"}
 
 
 def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart | alt.FacetChart:
-    """Bars for spans with a duration, points for the rest, labels staggered so close ones stay legible."""
+    """Bars for spans with a duration, points for the rest, labels staggered so close ones stay legible.
+
+    The axis is seconds since the first mark (a call lasts seconds to minutes; "+2.4 s" reads
+    faster than a clock time, and does not depend on the browser's time zone); tooltips give
+    the UTC time of each mark.
+    """
+    origin = min(m.start for m in marks)
     rows: list[dict[str, Any]] = []
     seen_in_lane: dict[str, int] = {}
     for mark in marks:
@@ -131,8 +137,9 @@ def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart | alt.FacetCha
             {
                 "lane": mark.lane,
                 "label": mark.label,
-                "start": mark.start,
-                "end": mark.end,
+                "t": (mark.start - origin).total_seconds(),
+                "t_end": (mark.end - origin).total_seconds(),
+                "at": f"{mark.start:%H:%M:%S.%f}"[:-3],
                 "kind": mark.kind,
                 "detail": mark.detail,
                 "bar": bar,
@@ -146,25 +153,25 @@ def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart | alt.FacetCha
     colour = alt.Color(
         "kind:N", scale=alt.Scale(domain=list(KIND_COLOURS), range=list(KIND_COLOURS.values())), legend=None
     )
-    extent = max(m.end for m in marks) - min(m.start for m in marks)
-    # Sub-second ticks for a short call, so its few seconds are not one label.
-    tick = "%H:%M:%S.%L" if extent.total_seconds() < 20 else "%H:%M:%S"
-    x = alt.X("start:T", title="time (UTC)", axis=alt.Axis(format=tick, labelAngle=0))
+    x = alt.X("t:Q", title=f"seconds since {origin:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC")
     y = alt.Y("lane:N", sort=lanes, title=None)
     tooltip = [
         alt.Tooltip("label:N"),
         alt.Tooltip("detail:N"),
-        alt.Tooltip("start:T", format="%H:%M:%S.%L"),
-        alt.Tooltip("end:T", format="%H:%M:%S.%L"),
+        alt.Tooltip("at:N", title="UTC"),
+        alt.Tooltip("t:Q", title="seconds", format=".3f"),
     ]
     base = alt.Chart(data)
     layers: list[alt.Chart] = [
         base.transform_filter("datum.bar")
         .mark_bar(height=16, opacity=0.6)
-        .encode(x=x, x2="end:T", y=y, color=colour, tooltip=tooltip),
+        .encode(x=x, x2="t_end:Q", y=y, color=colour, tooltip=tooltip),
         base.transform_filter("!datum.bar")
         .mark_point(filled=True, size=100, opacity=1)
         .encode(x=x, y=y, color=colour, shape=alt.Shape("kind:N", legend=None), tooltip=tooltip),
+        base.transform_filter("datum.bar")
+        .mark_text(align="left", dx=2, dy=-14, fontSize=11)
+        .encode(x=x, y=y, text="label:N", color=colour),
     ]
     for tier in range(3):
         layers.append(
@@ -205,7 +212,7 @@ marks = q.timeline_marks(spans)
 if marks:
     st.altair_chart(timeline_chart(marks), width="stretch")
     st.caption(
-        "One time axis (UTC). Bars: the answer_url request and the stream connection, open to close. "
+        "One time axis. Bars: the answer_url request, the stream connection (open to close) and the call. "
         "Points: stream events, the disconnect (close code, who closed it) and each webhook. "
         "Red marks a problem."
     )
