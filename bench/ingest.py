@@ -1,7 +1,9 @@
 """Ingest throughput: concurrent OTLP protobuf clients into a live `callscope ingest`.
 
 In the same run:
-- the ceiling: decode-only rate (protobuf parse + row conversion of 512-span batches, no HTTP, no disk);
+- the ceiling: decode-only rate (protobuf parse + row conversion of 512-span batches, no HTTP, no disk)
+  with the decoder ingest uses (`decode_protobuf`: the C extension when built), and with the
+  pure-Python path (`request_to_table`, the decoder before the C extension) for comparison;
 - end to end with fsync on, and with --no-fsync (the durability cost);
 each the median of --repeats runs. End to end = spans acknowledged / (time from the first request
 until ingest has exited cleanly, i.e. every acknowledged span is in a Parquet segment).
@@ -26,21 +28,22 @@ import httpx
 # bench/pipeline.py would shadow the `pipeline` package when this file runs as a script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from pipeline.otlp import parse_protobuf, request_to_table  # noqa: E402
+from pipeline.otlp import _otlp_fast, decode_protobuf, parse_protobuf, request_to_table  # noqa: E402
 from pipeline.samples import sample_request  # noqa: E402
 from pipeline.storage import DataDir  # noqa: E402
 
 BATCH = 512
 
 
-def decode_rate(bodies: list[bytes], seconds: float) -> float:
-    """Spans/s of parse + row conversion, single thread."""
+def decode_rate(bodies: list[bytes], seconds: float, python: bool = False) -> float:
+    """Spans/s of parse + row conversion, single thread (`python`: the pure-Python path)."""
     spans = 0
     started = time.perf_counter()
     index = 0
     while time.perf_counter() - started < seconds:
-        table = request_to_table(parse_protobuf(bodies[index % len(bodies)]), 1).table
-        spans += table.num_rows
+        body = bodies[index % len(bodies)]
+        batch = request_to_table(parse_protobuf(body), 1) if python else decode_protobuf(body, 1)
+        spans += batch.accepted
         index += 1
     return spans / (time.perf_counter() - started)
 
@@ -125,8 +128,11 @@ def main() -> None:
         f"batches of {BATCH} spans, {len(bodies[0]) / BATCH:.0f} bytes/span on the wire, "
         f"{args.clients} clients, {args.seconds:g} s per run, median of {args.repeats}"
     )
+    python = statistics.median(decode_rate(bodies, 3.0, python=True) for _ in range(args.repeats))
     decode = statistics.median(decode_rate(bodies, 3.0) for _ in range(args.repeats))
-    print(f"decode only (ceiling):     {decode:>10,.0f} spans/s")
+    decoder = "C extension" if _otlp_fast is not None else "Python: the C extension is NOT built"
+    print(f"decode only, Python path:  {python:>10,.0f} spans/s")
+    print(f"decode only (ceiling):     {decode:>10,.0f} spans/s  ({decoder}; {decode / python:.1f}x Python)")
     results = {}
     for fsync in (True, False):
         runs = [end_to_end(bodies, args.clients, args.seconds, fsync) for _ in range(args.repeats)]

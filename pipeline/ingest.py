@@ -385,7 +385,7 @@ class IngestApp:
         try:
             if media_type == PROTOBUF:
                 request = parse_protobuf(body)
-                validation = validate_request(request)
+                validation = validate_request(request, body)  # counted by the C decoder
                 if validation.rejected:
                     prune_rejected(request)
                     payload = request.SerializeToString()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.otlp import OTLPDecodeError, parse_protobuf, request_to_table
+from pipeline.otlp import OTLPDecodeError, decode_protobuf
 from pipeline.storage import DataDir, fsync_dir
 from pipeline.wal import claimed, read_records, wal_files
 
@@ -55,10 +55,14 @@ def roll_wal_file(data_path: str, wal_path: str, fsync: bool = True) -> RollResu
     tables: list[pa.Table] = []
     for record in read_records(path):
         try:
-            batch = request_to_table(parse_protobuf(record.payload), record.ingested_at_ns)
+            batch = decode_protobuf(record.payload, record.ingested_at_ns)
         except OTLPDecodeError as exc:  # validated before it was logged; only a bug gets here
             logger.error("%s: undecodable record skipped: %s", path, exc)
             continue
+        if batch.rejected:  # validated before it was logged (JSON bodies: ids only)
+            logger.warning(
+                "%s: %d unusable spans dropped: %s", path, batch.rejected, batch.rejection_message()
+            )
         if batch.accepted:
             tables.append(batch.table)
     segments: list[Path] = []
