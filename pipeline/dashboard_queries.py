@@ -576,7 +576,8 @@ def call_spans(
     """
     if "spans_raw" not in views(con):
         return []
-    where, params = "trace_id = ?", [call_trace_id_hex(call_id)]
+    where = "trace_id = ?"
+    params: list[Any] = [call_trace_id_hex(call_id)]
     first = (call or {}).get("first_seen_at")
     last = (call or {}).get("last_seen_at") or (call or {}).get("completed_at") or first
     if isinstance(first, datetime) and isinstance(last, datetime) and "date" in columns(con, "spans_raw"):
