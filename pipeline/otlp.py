@@ -451,10 +451,14 @@ def fast_request_to_table(body: bytes, ingested_at_ns: int) -> DecodedBatch | No
     if result is None:
         return None
     count, strings, starts, ends, event_offsets, event_count, event_times = result
-    arrays = {
-        name: _buffers_array(parts, event_count if name.startswith("event_") else count)
-        for name, parts in zip(_FAST_STRING_COLUMNS, strings, strict=True)
-    }
+    try:
+        arrays = {
+            name: _buffers_array(parts, event_count if name.startswith("event_") else count)
+            for name, parts in zip(_FAST_STRING_COLUMNS, strings, strict=True)
+        }
+    except pa.ArrowInvalid as exc:  # bytes upb never saw (or a decoder bug): the Python path decides
+        logger.warning("C decoder output rejected (%s); using the Python path", exc)
+        return None
     arrays["start_ns"] = pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(starts)])
     arrays["end_ns"] = pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(ends)])
     events = pa.StructArray.from_arrays(
@@ -476,10 +480,15 @@ def fast_request_to_table(body: bytes, ingested_at_ns: int) -> DecodedBatch | No
 _warned_slow = False
 
 
-def decode_protobuf(body: bytes, ingested_at_ns: int) -> DecodedBatch:
-    """Protobuf bytes to span rows (the C decoder when it is built, else the Python path)."""
+def decode_protobuf(body: bytes, ingested_at_ns: int, *, parsed_before: bool = False) -> DecodedBatch:
+    """Protobuf bytes to span rows (the C decoder when it is built, else the Python path).
+
+    `parsed_before`: these exact bytes were accepted by `parse_protobuf` already (a write-ahead-log
+    record: validated before it was logged, checksummed since), so the C decoder may skip parsing
+    them again; the Python path, when needed, still parses them.
+    """
     global _warned_slow  # noqa: PLW0603 - warn once per process
-    request = parse_protobuf(body)
+    request = None if parsed_before and _otlp_fast is not None else parse_protobuf(body)
     if _otlp_fast is None:
         if not _warned_slow:
             _warned_slow = True
@@ -491,7 +500,7 @@ def decode_protobuf(body: bytes, ingested_at_ns: int) -> DecodedBatch:
         batch = fast_request_to_table(body, ingested_at_ns)
         if batch is not None:
             return batch
-    return request_to_table(request, ingested_at_ns)
+    return request_to_table(request or parse_protobuf(body), ingested_at_ns)
 
 
 def empty_table() -> pa.Table:

@@ -55,7 +55,7 @@ def roll_wal_file(data_path: str, wal_path: str, fsync: bool = True) -> RollResu
     tables: list[pa.Table] = []
     for record in read_records(path):
         try:
-            batch = decode_protobuf(record.payload, record.ingested_at_ns)
+            batch = decode_protobuf(record.payload, record.ingested_at_ns, parsed_before=True)
         except OTLPDecodeError as exc:  # validated before it was logged; only a bug gets here
             logger.error("%s: undecodable record skipped: %s", path, exc)
             continue

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import struct
@@ -507,8 +508,24 @@ def test_walker_is_safe_on_bytes_upb_rejects() -> None:
         assert result is None or isinstance(result, tuple)
         count = fast.count_valid(garbage)
         assert count is None or count >= 0
+        # a WAL record is trusted to be parsed before; garbage still never crashes it
+        with contextlib.suppress(OTLPDecodeError):
+            decode_protobuf(garbage, 1, parsed_before=True)
     with pytest.raises(TypeError):
         fast.walk("not bytes")
+
+
+@needs_fast
+def test_parsed_before_skips_the_second_parse_but_not_the_utf8_check(caplog: Any) -> None:
+    """Roll-up decodes WAL records without re-parsing; a string upb would refuse still never lands."""
+    body = sample_request(20, seed=4).SerializeToString()
+    assert decode_protobuf(body, 42, parsed_before=True).table.equals(_python(body).table)
+    bad = _wrap(BASE_SPAN + _ld(5, b"\xff\xfe"))  # a span name that is not UTF-8
+    with pytest.raises(OTLPDecodeError, match="UTF-8"):
+        parse_protobuf(bad)
+    with pytest.raises(OTLPDecodeError, match="UTF-8"):
+        decode_protobuf(bad, 3, parsed_before=True)
+    assert "C decoder output rejected" in caplog.text
 
 
 # ---- floats ----------------------------------------------------------------------------------
