@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -41,6 +45,7 @@ from simulator.runner import run_calls
 from simulator.scenarios import SCENARIOS
 from simulator.stream import StreamOptions
 from simulator.webhooks import WebhookOptions
+from tests.deploy.deployment import ROOT
 from tests.deploy.loadbalancing import HashRing, LoadBalancingSpanExporter
 
 NODES = 3
@@ -224,3 +229,74 @@ def test_no_span_is_lost_or_duplicated_by_the_routing(cluster: Cluster) -> None:
     per_node = [query(data_dir, count_sql)[0]["n"] for data_dir in cluster.nodes.values()]
     assert sum(per_node) == query(cluster.reference, count_sql)[0]["n"]
     assert time.time_ns() > 0  # the fixture ran to the end
+
+
+def docs_sql_statements() -> list[str]:
+    """The SQL statements of docs/scaling.md's ```sql blocks, in order."""
+    text = (ROOT / "docs" / "scaling.md").read_text()
+    statements = []
+    for block in re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL):
+        body = "\n".join(line for line in block.splitlines() if not line.strip().startswith("--"))
+        statements += [s.strip() for s in body.split(";") if s.strip()]
+    return statements
+
+
+def test_the_docs_sql_over_the_nodes_files_in_one_store_gives_one_nodes_answers(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # "Object storage": every node's finished files copied under node=<name>/, as the docs' sync does.
+    store = tmp_path / "store"
+    for index, data_dir in enumerate(cluster.nodes.values(), start=1):
+        for table in ("spans", "calls"):
+            for path in (data_dir / table).rglob("*.parquet"):
+                if path.name.startswith("."):
+                    continue
+                target = store / table / f"node=node{index}" / path.relative_to(data_dir / table)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+
+    reference = calls(cluster.reference)
+    some_call = next(iter(reference))
+    day = query(cluster.reference, f"SELECT any_value(date) AS d FROM spans WHERE call_id = '{some_call}'")[
+        0
+    ]["d"]
+    con = duckdb.connect()
+    results: list[tuple[str, list[dict[str, Any]]]] = []
+    try:
+        for statement in docs_sql_statements():
+            if statement.upper().startswith(("INSTALL", "LOAD", "CREATE SECRET")):
+                continue  # httpfs and credentials: the store here is a local directory
+            sql = (
+                statement.replace("s3://callscope", str(store))
+                .replace("'call_123'", f"'{some_call}'")
+                .replace("'2026-05-29'", f"'{day}'")
+            )
+            cursor = con.execute(sql)
+            names = [d[0] for d in cursor.description or []]
+            results.append((statement, [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]))
+    finally:
+        con.close()
+
+    def result(prefix: str) -> list[dict[str, Any]]:
+        (found,) = [rows for statement, rows in results if statement.startswith(prefix)]
+        return found
+
+    latest = [rows for statement, rows in results if statement.startswith("SELECT * EXCLUDE (_version)")]
+    assert latest, "docs/scaling.md lost its cluster-wide calls query"
+    (cluster_calls,) = latest
+    by_call = {row.pop("call_id"): row for row in cluster_calls}
+    assert set(by_call) == set(reference)
+    for call_id, row in by_call.items():
+        node = row.pop("node")
+        assert node.startswith("node")
+        assert {"call_id": call_id, **row} == reference[call_id]
+    assert result("SELECT call_id, count(DISTINCT node)") == []
+    verdicts = {
+        row["verdict"]: row["calls"] for row in result("SELECT verdict, count(*) AS calls FROM calls")
+    }
+    assert verdicts == dict(Counter(row["verdict"] for row in reference.values()))
+    spans = result("SELECT DISTINCT ON (trace_id, span_id)")
+    stored = query(cluster.reference, f"SELECT count(*) AS n FROM spans WHERE call_id = '{some_call}'")[0][
+        "n"
+    ]
+    assert len(spans) == stored > 0
