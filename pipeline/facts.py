@@ -68,16 +68,19 @@ def minivoice_from_json_sql(attributes: str = "attributes") -> str:
     return f"list_transform([{parsed}], lambda j: struct_pack({fields}))[1]"
 
 
-def minivoice_sql(has_column: bool) -> str:
+def minivoice_sql(mode: str) -> str:
     """SQL for the typed `minivoice` struct of a span row.
 
-    With the promoted column (`has_column`), rows that have it use it and only rows without it
-    (older segments, read with union_by_name) parse JSON: CASE evaluates each branch only for the
-    rows that take it.
+    `mode`: "typed" (the promoted column; the JSON is never read), "json" (parsed from the
+    attributes), or "mixed" (the column where a row has it, else JSON; CASE evaluates each branch
+    only for the rows that take it, but the scan still reads the attributes text).
     """
     parsed = f"CAST({minivoice_from_json_sql()} AS {MV_TYPE})"
-    if not has_column:
+    if mode == "json":
         return parsed
+    if mode == "typed":
+        # No CAST: the scan then reads only the struct fields the query uses.
+        return MINIVOICE_COLUMN
     typed = f"CAST({MINIVOICE_COLUMN} AS {MV_TYPE})"
     return f"CASE WHEN {MINIVOICE_COLUMN} IS NOT NULL THEN {typed} ELSE {parsed} END"
 
@@ -96,23 +99,44 @@ FIRST_ERROR_SQL = (
 )
 
 
-def span_rows_sql(source: str, *, has_minivoice_column: bool = False) -> str:
+def span_rows_sql(source: str, *, mode: str = "json") -> str:
     """SQL: one typed row per span of `source` (a relation in SPAN_SCHEMA), pipeline spans excluded.
 
-    `span_key` is a 64-bit hash of (trace_id, span_id): OTLP retries store a span twice, and the
-    key lets the timeline count it once.
+    `mode` says where the `minivoice` values come from (`minivoice_sql`). `span_key` is a 64-bit
+    hash of (trace_id, span_id): OTLP retries store a span twice, and the key lets the timeline
+    count it once.
     """
     return f"""
 SELECT call_id, source, name, span_id, trace_id, hash(trace_id, span_id) AS span_key,
        start_ns, end_ns, status_code, status_message, service_name, ingested_at_ns, events,
-       {minivoice_sql(has_minivoice_column)} AS mv,
-       {_event_times("first_media", "min")} AS ev_first_media_ns,
-       {_event_times("stop", "max")} AS ev_stop_ns,
-       len(list_filter(events, lambda e: e.name = 'error')) AS ev_errors,
-       {FIRST_ERROR_SQL} AS ev_first_error
+       {minivoice_sql(mode)} AS mv,
+       -- Only receiver spans carry events the rules read (CASE skips the others).
+       CASE WHEN source = '{RECEIVER}' THEN {_event_times("first_media", "min")} END AS ev_first_media_ns,
+       CASE WHEN source = '{RECEIVER}' THEN {_event_times("stop", "max")} END AS ev_stop_ns,
+       CASE WHEN source = '{RECEIVER}' THEN len(list_filter(events, lambda e: e.name = 'error')) ELSE 0 END
+           AS ev_errors,
+       CASE WHEN source = '{RECEIVER}' THEN {FIRST_ERROR_SQL} END AS ev_first_error
 FROM {source}
 WHERE source IS DISTINCT FROM '{PIPELINE}'
 """
+
+
+def span_rows_from_files_sql(typed_files: list[str], json_files: list[str], where: str = "true") -> str:
+    """SQL: span rows of Parquet segments, reading the promoted column from the files that have it
+    and parsing JSON only in the others. `where` filters the raw rows (e.g. by ingest time)."""
+
+    def files(paths: list[str]) -> str:
+        listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+        return f"(SELECT * FROM read_parquet([{listed}], union_by_name=true) WHERE {where})"
+
+    parts = []
+    if typed_files:
+        parts.append(span_rows_sql(files(typed_files), mode="typed"))
+    if json_files:
+        parts.append(span_rows_sql(files(json_files), mode="json"))
+    if not parts:
+        raise ValueError("no segment files given")
+    return "\nUNION ALL\n".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,39 +146,42 @@ class FactsConfig:
     answer_url_timeout_ms: int = 5000
 
 
+ALL = "all"
+#: The groups facts are aggregated in: every span of the call, then one group per source, so each
+#: span only feeds the aggregates of its own source.
+GROUPS = (ALL, ANSWER_URL, RECEIVER, WEBHOOK)
+
+
 @dataclass(frozen=True, slots=True)
 class Fact:
-    """One per-call fact: its aggregate over span rows, and how two facts rows of a call merge."""
+    """One per-call fact: its aggregate over the span rows of its group (a source, or all spans),
+    how two facts rows of a call merge, and its value when the group has no span (counts: 0)."""
 
     name: str
+    group: str
     over_spans: str
     merge: str
+    empty: str | None = None
 
 
 def _conditions(config: FactsConfig) -> dict[str, str]:
-    au = f"source = '{ANSWER_URL}'"
-    rx = f"source = '{RECEIVER}'"
-    wh = f"source = '{WEBHOOK}'"
     latency = "coalesce(mv.latency_ms, (end_ns - start_ns) / 1e6)"
     is_json = "coalesce(mv.response_json, NOT list_contains(coalesce(mv.action_problems, []), 'not_json'))"
     au_ok = (
-        f"{au} AND mv.http_status_code BETWEEN 200 AND 299 AND {is_json} "
+        f"mv.http_status_code BETWEEN 200 AND 299 AND {is_json} "
         f"AND {latency} <= {config.answer_url_timeout_ms}"
     )
     stopped = "(mv.stop_reason IS NOT NULL OR ev_stop_ns IS NOT NULL)"
     # A connection ends well only with MiniVoice's stop; without one, anything but the platform's
     # own 1000 close (the receiver closing, a network drop, another code) is a dropped stream.
     dropped = (
-        f"{rx} AND NOT {stopped} AND NOT (coalesce(mv.close_code, 1006) = 1000 "
+        f"NOT {stopped} AND NOT (coalesce(mv.close_code, 1006) = 1000 "
         f"AND coalesce(mv.closed_by, 'platform') = 'platform')"
     )
     return {
-        "AU": au,
-        "RX": rx,
-        "WH": wh,
-        "WH_EVENT": f"{wh} AND mv.event IS NOT NULL AND mv.webhook_error IS NULL",
+        "WH_EVENT": "mv.event IS NOT NULL AND mv.webhook_error IS NULL",
         "AU_OK": au_ok,
-        "AU_FAILED": f"{au} AND NOT ({au_ok})",
+        "AU_FAILED": f"NOT ({au_ok})",
         "DROPPED": dropped,
         "LATENCY": latency,
         "IS_JSON": is_json,
@@ -166,43 +193,44 @@ def _conditions(config: FactsConfig) -> dict[str, str]:
 def facts(config: FactsConfig) -> list[Fact]:
     """The per-call facts, in the MiniVoice debug order of the sources they come from."""
     c = _conditions(config)
-    au, rx, wh = c["AU"], c["RX"], c["WH"]
-    not_rx = f"NOT ({rx})"
     wh_event = c["WH_EVENT"]
 
-    def count(name: str, where: str) -> Fact:
+    def count(name: str, group: str, where: str | None = None) -> Fact:
         # sum() of BIGINT is HUGEINT in DuckDB: keep counts BIGINT through merges.
-        return Fact(name, f"count(*) FILTER (WHERE {where})", f"CAST(sum({name}) AS BIGINT)")
+        over = "count(*)" + (f" FILTER (WHERE {where})" if where else "")
+        return Fact(name, group, over, f"CAST(sum({name}) AS BIGINT)", "0")
 
-    def agg(name: str, fn: str, expr: str, where: str | None = None) -> Fact:
+    def agg(name: str, group: str, fn: str, expr: str, where: str | None = None) -> Fact:
         filtered = f" FILTER (WHERE {where})" if where else ""
         if fn == "sum":
-            return Fact(name, f"CAST(sum({expr}){filtered} AS BIGINT)", f"CAST(sum({name}) AS BIGINT)")
-        return Fact(name, f"{fn}({expr}){filtered}", f"{fn}({name})")
+            return Fact(
+                name, group, f"CAST(sum({expr}){filtered} AS BIGINT)", f"CAST(sum({name}) AS BIGINT)", "0"
+            )
+        return Fact(name, group, f"{fn}({expr}){filtered}", f"{fn}({name})")
 
+    au, rx, wh = ANSWER_URL, RECEIVER, WEBHOOK
     return [
         # the call as a whole
-        count("span_count", "true"),
-        Fact("span_keys", "list(span_key)", "flatten(list(span_keys))"),
-        agg("first_ns", "min", f"least(start_ns, {c['CREATED']})", not_rx),
-        agg("last_ns", "max", f"greatest(end_ns, {c['CREATED']})", not_rx),
-        agg("last_ingested_ns", "max", "ingested_at_ns"),
-        agg("customer_id", "max", "mv.customer_id"),
-        agg("application_id", "max", "mv.application_id"),
-        agg("direction", "max", "mv.direction"),
-        agg("from_masked", "max", "mv.from_masked"),
-        agg("to_masked", "max", "mv.to_masked"),
-        agg("from_hash", "max", "mv.from_hash"),
-        agg("to_hash", "max", "mv.to_hash"),
-        agg("au_service", "max", "service_name", au),
-        agg("rx_service", "max", "service_name", rx),
-        agg("wh_service", "max", "service_name", wh),
+        count("span_count", ALL),
+        Fact("span_keys", ALL, "list(span_key)", "flatten(list(span_keys))"),
+        agg("last_ingested_ns", ALL, "max", "ingested_at_ns"),
+        agg("customer_id", ALL, "max", "mv.customer_id"),
+        agg("application_id", ALL, "max", "mv.application_id"),
+        agg("direction", ALL, "max", "mv.direction"),
+        agg("from_masked", ALL, "max", "mv.from_masked"),
+        agg("to_masked", ALL, "max", "mv.to_masked"),
+        agg("from_hash", ALL, "max", "mv.from_hash"),
+        agg("to_hash", ALL, "max", "mv.to_hash"),
         # 1. answer_url: the first request that MiniVoice could use, and the last that failed
         count("au_requests", au),
-        count("au_failures", c["AU_FAILED"]),
-        agg("au_first_end_ns", "min", "end_ns", au),
+        count("au_failures", au, c["AU_FAILED"]),
+        agg("au_service", au, "max", "service_name"),
+        agg("au_first_ns", au, "min", "start_ns"),
+        agg("au_last_ns", au, "max", "end_ns"),
+        agg("au_first_end_ns", au, "min", "end_ns"),
         agg(
             "au_first_ok",
+            au,
             "min",
             "{'t': start_ns, 'k': span_key, 'end_ns': end_ns, 'status': mv.http_status_code, "
             f"'latency_ms': {c['LATENCY']}, 'valid': mv.action_valid, 'types': mv.action_types, "
@@ -212,6 +240,7 @@ def facts(config: FactsConfig) -> list[Fact]:
         ),
         agg(
             "au_last_failed",
+            au,
             "max",
             "{'t': start_ns, 'k': span_key, 'end_ns': end_ns, 'status': mv.http_status_code, "
             f"'latency_ms': {c['LATENCY']}, 'is_json': {c['IS_JSON']}, 'body': mv.response_body, "
@@ -221,28 +250,30 @@ def facts(config: FactsConfig) -> list[Fact]:
         ),
         # 2.-3. the stream receiver: connections, media, how they ended
         count("rx_connections", rx),
-        count("rx_dropped", c["DROPPED"]),
-        agg("rx_first_ns", "min", "start_ns", rx),
-        agg("rx_last_ns", "max", "end_ns", rx),
+        count("rx_dropped", rx, c["DROPPED"]),
+        agg("rx_service", rx, "max", "service_name"),
+        agg("rx_first_ns", rx, "min", "start_ns"),
+        agg("rx_last_ns", rx, "max", "end_ns"),
         agg(
             "rx_first_media_ns",
+            rx,
             "min",
             "coalesce(mv.media_first_at_ns, ev_first_media_ns, "
             "CASE WHEN mv.media_frames > 0 THEN start_ns END)",
-            rx,
         ),
         agg(
             "rx_last_media_ns",
+            rx,
             "max",
             "coalesce(mv.media_last_at_ns, CASE WHEN mv.media_frames > 0 THEN end_ns END)",
-            rx,
         ),
-        agg("media_frames", "sum", "coalesce(mv.media_frames, 0)", rx),
-        agg("media_gap_max_ms", "max", "mv.media_gap_max_ms", rx),
-        agg("rx_errors", "sum", "greatest(coalesce(mv.errors, 0), ev_errors)", rx),
-        agg("rx_first_error", "min", "ev_first_error", rx),
+        agg("media_frames", rx, "sum", "coalesce(mv.media_frames, 0)"),
+        agg("media_gap_max_ms", rx, "max", "mv.media_gap_max_ms"),
+        agg("rx_errors", rx, "sum", "greatest(coalesce(mv.errors, 0), ev_errors)"),
+        agg("rx_first_error", rx, "min", "ev_first_error"),
         agg(
             "rx_first_drop",
+            rx,
             "min",
             "{'t': end_ns, 'k': span_key, 'start_ns': start_ns, 'code': mv.close_code, "
             "'closed_by': mv.closed_by, 'reason': mv.close_reason, 'stream_id': mv.stream_id, "
@@ -251,33 +282,39 @@ def facts(config: FactsConfig) -> list[Fact]:
         ),
         agg(
             "rx_last",
+            rx,
             "max",
             "{'t': end_ns, 'k': span_key, 'start_ns': start_ns, 'code': mv.close_code, "
             "'closed_by': mv.closed_by, 'reason': mv.close_reason, 'stop_reason': mv.stop_reason, "
             f"'stopped': {c['STOPPED']}, 'stream_id': mv.stream_id}}",
-            rx,
         ),
         # 4. webhooks: the lifecycle, with completion as the source of truth
-        count("wh_deliveries", wh_event),
-        count("wh_malformed", f"{wh} AND NOT ({wh_event})"),
+        count("wh_deliveries", wh, wh_event),
+        count("wh_malformed", wh, f"NOT ({wh_event})"),
+        agg("wh_service", wh, "max", "service_name"),
+        agg("wh_first_ns", wh, "min", f"least(start_ns, {c['CREATED']})"),
+        agg("wh_last_ns", wh, "max", f"greatest(end_ns, {c['CREATED']})"),
         *[
-            count(f"wh_{event.split('.')[1]}_n", f"{wh_event} AND mv.event = '{event}'")
+            count(f"wh_{event.split('.')[1]}_n", wh, f"{wh_event} AND mv.event = '{event}'")
             for event in KNOWN_EVENTS
         ],
-        count("wh_other_n", f"{wh_event} AND mv.event NOT IN {KNOWN_EVENTS!r}"),
+        count("wh_other_n", wh, f"{wh_event} AND mv.event NOT IN {KNOWN_EVENTS!r}"),
         Fact(
             "wh_other_events",
+            wh,
             f"list_distinct(list(mv.event) FILTER (WHERE {wh_event} AND mv.event NOT IN {KNOWN_EVENTS!r}))",
             "list_distinct(flatten(list(wh_other_events)))",
         ),
         agg(
             "completed",
+            wh,
             "min",
             f"{{'t': {c['CREATED']}, 'k': span_key, 'status': mv.call_status, 'received_ns': start_ns}}",
             f"{wh_event} AND mv.event = 'call.completed'",
         ),
         agg(
             "wh_latest",
+            wh,
             "max",
             f"{{'t': {c['CREATED']}, 'k': span_key, 'status': mv.call_status, 'event': mv.event}}",
             f"{wh_event} AND mv.call_status IS NOT NULL",
@@ -286,9 +323,25 @@ def facts(config: FactsConfig) -> list[Fact]:
 
 
 def call_facts_sql(span_rows: str, config: FactsConfig) -> str:
-    """SQL: one facts row per call id (spans without a call id are left out: see unattributed)."""
-    columns = ",\n       ".join(f"{f.over_spans} AS {f.name}" for f in facts(config))
-    return f"SELECT call_id,\n       {columns}\nFROM {span_rows}\nWHERE call_id IS NOT NULL\nGROUP BY call_id"
+    """SQL: one facts row per call id (spans without a call id are left out: see unattributed).
+
+    Each group is aggregated over its own spans (`span_rows` is read once per group: a Parquet
+    scan pushes the source filter down), then the groups are joined on the call id.
+    """
+    all_facts = facts(config)
+    ctes = []
+    for group in GROUPS:
+        columns = ",\n           ".join(f"{f.over_spans} AS {f.name}" for f in all_facts if f.group == group)
+        where = "call_id IS NOT NULL" + ("" if group == ALL else f" AND source = '{group}'")
+        ctes.append(
+            f"g_{group} AS (\n    SELECT call_id,\n           {columns}\n    FROM {span_rows}\n"
+            f"    WHERE {where}\n    GROUP BY call_id\n)"
+        )
+    outputs = ",\n       ".join(
+        f"coalesce({f.name}, {f.empty}) AS {f.name}" if f.empty is not None else f.name for f in all_facts
+    )
+    joins = " ".join(f"LEFT JOIN g_{group} USING (call_id)" for group in GROUPS[1:])
+    return f"WITH {', '.join(ctes)}\nSELECT call_id,\n       {outputs}\nFROM g_{ALL} {joins}"
 
 
 def merge_facts_sql(facts_rows: str, config: FactsConfig) -> str:

@@ -124,6 +124,19 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None =
     return rows[0][0] if rows else None
 
 
+def _split_by_minivoice_column(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Segments with the promoted `minivoice` column, and those without (their rows parse JSON)."""
+    typed, untyped = [], []
+    for path in paths:
+        (typed if MINIVOICE_COLUMN in pq.read_schema(path).names else untyped).append(path)
+    return typed, untyped
+
+
+def _rows_without_column(untyped: list[str]) -> bool:
+    """Whether segments without the promoted column hold spans to build from (not only our roots)."""
+    return any(not Path(p).name.startswith("root-") for p in untyped)
+
+
 def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
@@ -350,14 +363,14 @@ class Timeline:
         self, con: duckdb.DuckDBPyConnection, paths: list[str], as_of_ns: int, seq: int, summary: BuildSummary
     ) -> None:
         source = f"read_parquet({_sql_list(paths)}, union_by_name=true)"
-        typed = all(MINIVOICE_COLUMN in pq.read_schema(p).names for p in paths)
-        rows_sql = facts_mod.span_rows_sql(source, has_minivoice_column=typed)
-        if typed:
-            rows = f"({rows_sql})"
-        else:
-            # Without the promoted column every row parses JSON: do it once, for facts and events.
+        typed, untyped = _split_by_minivoice_column(paths)
+        rows_sql = facts_mod.span_rows_from_files_sql(typed, untyped)
+        if _rows_without_column(untyped):
+            # Rows without the promoted column parse JSON: do it once, for facts and events.
             con.execute(f"CREATE TEMP TABLE span_rows AS {rows_sql}")
             rows = "span_rows"
+        else:
+            rows = f"({rows_sql})"
         con.execute(f"INSERT INTO facts {facts_mod.call_facts_sql(rows, self.facts_config)}")
         events_source = rows
         dups = con.execute(
@@ -447,10 +460,9 @@ class Timeline:
             con.execute(f"DROP TABLE IF EXISTS {name}")
         if new_paths:
             source = f"read_parquet({_sql_list(new_paths)}, union_by_name=true)"
-            typed = all(MINIVOICE_COLUMN in pq.read_schema(p).names for p in new_paths)
-            rows_sql = facts_mod.span_rows_sql(
-                f"(SELECT * FROM {source} WHERE ingested_at_ns > {watermark - self.margin_ns})",
-                has_minivoice_column=typed,
+            typed, untyped = _split_by_minivoice_column(new_paths)
+            rows_sql = facts_mod.span_rows_from_files_sql(
+                typed, untyped, where=f"ingested_at_ns > {watermark - self.margin_ns}"
             )
             con.execute(f"CREATE TEMP TABLE batch AS {rows_sql}")
             read = self._count(con, "batch")
@@ -557,7 +569,7 @@ class Timeline:
         from pipeline.schema import SPAN_SCHEMA
         from pipeline.storage import empty_select
 
-        return "(" + facts_mod.span_rows_sql(f"({empty_select(SPAN_SCHEMA)})") + ")"
+        return "(" + facts_mod.span_rows_sql(f"({empty_select(SPAN_SCHEMA)})", mode="json") + ")"
 
     def _empty_calls_sql(self) -> str:
         empty_facts = f"({facts_mod.call_facts_sql(self._empty_rows_sql(), self.facts_config)})"

@@ -90,8 +90,8 @@ WITH base AS (
 SELECT *,
        rx_first_ns - coalesce(skew_ns, 0) AS rx_first_adj_ns,
        rx_last_ns - coalesce(skew_ns, 0) AS rx_last_adj_ns,
-       greatest(last_ns, rx_last_ns - coalesce(skew_ns, 0)) AS last_activity_ns,
-       least(first_ns, rx_first_ns - coalesce(skew_ns, 0)) AS first_activity_ns,
+       greatest(au_last_ns, wh_last_ns, rx_last_ns - coalesce(skew_ns, 0)) AS last_activity_ns,
+       least(au_first_ns, wh_first_ns, rx_first_ns - coalesce(skew_ns, 0)) AS first_activity_ns,
        (completed_ns - (rx_last_ns - coalesce(skew_ns, 0))) / 1e6 AS stream_ended_before_call_ms
 FROM skewed
 """
@@ -164,7 +164,7 @@ CALLS_COLUMNS_SQL = f"""
 
 def calls_sql(facts_rows: str, as_of_ns: int, config: RulesConfig) -> str:
     """SQL: the public `calls` columns, plus `next_check_ns` (when a non-final call must be
-    re-evaluated even without new spans) and the raw `first_ns`/`last_ns` for root spans."""
+    re-evaluated even without new spans) and the first and last activity for root spans."""
     settle = config.settle_seconds * NS_PER_S
     grace = config.grace_seconds * NS_PER_S
     derived = f"({derived_sql(facts_rows, as_of_ns, config)})"
@@ -222,7 +222,7 @@ def evaluate(spans: pa.Table, as_of_ns: int, config: RulesConfig | None = None) 
             "QUALIFY row_number() OVER (PARTITION BY trace_id, span_id "
             "ORDER BY ingested_at_ns, end_ns DESC, attributes) = 1"
         )
-        rows = facts_mod.span_rows_sql("spans_unique", has_minivoice_column=has_column)
+        rows = facts_mod.span_rows_sql("spans_unique", mode="mixed" if has_column else "json")
         con.execute(f"CREATE TEMP TABLE span_rows AS {rows}")
         con.execute(f"CREATE TEMP TABLE facts AS {facts_mod.call_facts_sql('span_rows', facts_config)}")
         internal = ", ".join(INTERNAL_COLUMNS)
