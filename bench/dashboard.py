@@ -18,6 +18,9 @@ The spans of the same calls (about 6 per call) come from bench/pipeline.py's gen
 call detail's span lookup runs against a realistic `spans_raw` (`--no-spans` skips them).
 
 Targets: overview <= 1 s, call detail <= 100 ms.
+
+`--views latest-row-window` measures the same queries with the `calls` view written with a window
+function instead of the build's `IN (SELECT call_id, max(_version) ...)` semi-join (same rows).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 # bench/pipeline.py would shadow the `pipeline` package: keep this directory off the path.
@@ -202,6 +206,27 @@ def detail_queries(con: duckdb.DuckDBPyConnection, call_id: str) -> None:
     q.call_spans(con, call_id, call)
 
 
+def use_window_views() -> None:
+    """Replace the timeline's `calls`/`call_events` views, for this process, by the same views with
+    each call's latest row picked by `row_number()` over the call's rows (see `--views`)."""
+    from pipeline import storage
+    from pipeline.tables import CALL_EVENTS, CALLS, call_events_view_sql
+
+    calls_files = "read_parquet({glob}, union_by_name=true)"
+    latest = (
+        f"SELECT * EXCLUDE ({VERSION_COLUMN}, _rn) FROM (SELECT *, row_number() OVER "
+        f"(PARTITION BY call_id ORDER BY {VERSION_COLUMN} DESC) AS _rn FROM {calls_files}) WHERE _rn = 1"
+    )
+    from_events = (
+        "read_parquet(regexp_replace({glob}, '/call_events/[*][*]/[*][.]parquet$', '/calls/**/*.parquet'), "
+        "union_by_name=true)"
+    )
+    events = call_events_view_sql(calls_files, "(" + latest.replace(calls_files, from_events) + ")")
+    escape = str.maketrans({"{": "{{", "}": "}}"})
+    storage.TABLE_VIEWS[CALLS] = latest.translate(escape).replace("{{glob}}", "{glob}")
+    storage.TABLE_VIEWS[CALL_EVENTS] = events.translate(escape).replace("{{glob}}", "{glob}")
+
+
 def write_spans(data: DataDir, n_calls: int) -> int:
     """The spans of the same call ids (`call_%08d`), made by the pipeline benchmark's generator
     (bench/pipeline.py, vectorised DuckDB SQL), as ingest's segments. Returns the span count."""
@@ -230,8 +255,20 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--no-spans", action="store_true", help="skip the spans (call detail without them)")
-    parser.add_argument("--keep", type=Path, help="write the data directory here and keep it")
+    parser.add_argument(
+        "--keep", type=Path, help="write the data directory here and keep it; reuse it if it has the calls"
+    )
+    parser.add_argument(
+        "--views",
+        choices=("build", "latest-row-window"),
+        default="build",
+        help="build: the views as pipeline.tables defines them; latest-row-window: the same views "
+        "with each call's latest row picked by a window function (row_number() OVER (PARTITION BY "
+        "call_id ...)), which lets DuckDB push a call_id filter down",
+    )
     args = parser.parse_args()
+    if args.views == "latest-row-window":
+        use_window_views()
 
     with tempfile.TemporaryDirectory(prefix="callscope-bench-") as tmp:
         data = DataDir(args.keep or tmp, fsync=False)
@@ -240,18 +277,22 @@ def main() -> None:
         start = datetime(2026, 5, 29, tzinfo=UTC)
         end = start + timedelta(days=1)
         started = time.perf_counter()
-        calls, events = synthetic_calls(args.calls, start)
-        # The build's layout: one consolidated base file per table (pipeline.tables).
-        data.write_table_file("calls", calls, filename="base-000001.parquet", refresh=False)
-        data.write_table_file("call_events", events, filename="base-000001.parquet")
-        spans = 0 if args.no_spans else write_spans(data, args.calls)
-        print(
-            f"generated {calls.num_rows:,} calls, {events.num_rows:,} call_events and {spans:,} spans "
-            f"in {time.perf_counter() - started:.1f} s"
-        )
+        stored_calls = data.path / "calls" / "base-000001.parquet"
+        if stored_calls.exists() and pq.read_metadata(stored_calls).num_rows == args.calls:
+            print(f"reusing the {args.calls:,} calls in {data.path}")
+        else:
+            calls, events = synthetic_calls(args.calls, start)
+            # The build's layout: one consolidated base file per table (pipeline.tables).
+            data.write_table_file("calls", calls, filename="base-000001.parquet", refresh=False)
+            data.write_table_file("call_events", events, filename="base-000001.parquet")
+            spans = 0 if args.no_spans else write_spans(data, args.calls)
+            print(
+                f"generated {calls.num_rows:,} calls, {events.num_rows:,} call_events and {spans:,} spans "
+                f"in {time.perf_counter() - started:.1f} s"
+            )
         last_day = q.last(timedelta(hours=24), end)
         everything = q.CallFilter()
-        probe = calls["call_id"][calls.num_rows // 2].as_py()
+        probe = f"call_{args.calls // 2:08d}"
         stored = f"read_parquet('{data.table_glob('calls')}')"
 
         # The dashboard keeps one connection with the views and runs each page on a cursor of it.
