@@ -11,6 +11,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard import ui
+from pipeline import call_story as story
 from pipeline import dashboard_queries as q
 from pipeline.queries import close_matches
 
@@ -106,7 +107,7 @@ else:
             st.markdown(f"**{value}**")
             if note:
                 st.caption(note)
-    note = q.clock_skew_note(call)
+    note = story.clock_skew_note(call)
     if note:
         st.warning(note, icon=":material/schedule:")
     st.caption(
@@ -119,7 +120,7 @@ LANE_ORDER = ("answer_url", "stream", "webhooks", "call")
 KIND_COLOURS = {"span": "#94a3b8", "event": "#2563eb", "problem": "#dc2626"}
 
 
-def timeline_chart(marks: list[q.TimelineMark]) -> alt.LayerChart | alt.FacetChart:
+def timeline_chart(marks: list[story.TimelineMark]) -> alt.LayerChart | alt.FacetChart:
     """Bars for spans with a duration, points for the rest, labels staggered so close ones stay legible.
 
     The axis is seconds since the first mark (a call lasts seconds to minutes; "+2.4 s" reads
@@ -208,7 +209,7 @@ links[1].download_button(
 )
 
 st.subheader("Timeline")
-marks = q.timeline_marks(spans)
+marks = story.timeline_marks(spans)
 if marks:
     st.altair_chart(timeline_chart(marks), width="stretch")
     st.caption(
@@ -224,7 +225,7 @@ if events.height:
         st.dataframe(events.drop("call_id"), hide_index=True, key="events_table")
 
 st.subheader("answer_url response")
-response = q.answer_url_response(spans)
+response = story.answer_url_response(spans)
 if response is None:
     st.caption(
         "No answer_url span: MiniVoice never called the answer_url, or its collector is not installed."
@@ -264,7 +265,7 @@ if spans:
             "source": [s.get("source") for s in spans],
             "name": [s.get("name") for s in spans],
             "status": [s.get("status_code") for s in spans],
-            "start (UTC)": [q.span_time(int(s["start_ns"])) for s in spans],
+            "start (UTC)": [story.span_time(int(s["start_ns"])) for s in spans],
             "duration_ms": [(int(s["end_ns"]) - int(s["start_ns"])) / 1e6 for s in spans],
             "span_id": [s.get("span_id") for s in spans],
             "service": [s.get("service_name") for s in spans],
@@ -275,7 +276,7 @@ if spans:
         with st.expander(f"{span.get('source') or '?'} · {span.get('name')} · {span.get('span_id')}"):
             st.json(
                 {
-                    "attributes": q.span_attributes(span),
+                    "attributes": story.span_attributes(span),
                     "events": [
                         {
                             "time_ns": e["time_ns"],

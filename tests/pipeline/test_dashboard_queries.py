@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from collectors.identity import call_trace_id_hex
+from pipeline import call_story as story
 from pipeline import dashboard_queries as q
 from tests.dashboard.fixtures import FROM_NUMBER, PII_KEY, DemoData, demo_data
 
@@ -262,7 +263,7 @@ def test_call_detail_reads_one_call(demo: DemoData, con: duckdb.DuckDBPyConnecti
 def test_answer_url_response_highlights_the_offending_lines(
     demo: DemoData, con: duckdb.DuckDBPyConnection
 ) -> None:
-    response = q.answer_url_response(q.call_spans(con, demo.call("invalid_track")))
+    response = story.answer_url_response(q.call_spans(con, demo.call("invalid_track")))
     assert response is not None and response.is_json
     flagged = [line for line in response.lines if line.problems]
     assert len(flagged) == 1
@@ -270,39 +271,39 @@ def test_answer_url_response_highlights_the_offending_lines(
     assert "inbound, outbound or both" in flagged[0].problems[0]
     assert response.problems == flagged[0].problems
 
-    response = q.answer_url_response(q.call_spans(con, demo.call("invalid_scheme")))
+    response = story.answer_url_response(q.call_spans(con, demo.call("invalid_scheme")))
     assert response is not None
     flagged = [line for line in response.lines if line.problems]
     assert len(flagged) == 1 and '"stream_url": "https://' in flagged[0].text
     assert "requires wss" in flagged[0].problems[0]
 
-    response = q.answer_url_response(q.call_spans(con, demo.call("happy")))
+    response = story.answer_url_response(q.call_spans(con, demo.call("happy")))
     assert response is not None and response.problems == ()
     assert not any(line.problems for line in response.lines)
     assert any('"type": "start_stream"' in line.text for line in response.lines)
 
 
 def test_answer_url_response_not_json(demo: DemoData, con: duckdb.DuckDBPyConnection) -> None:
-    response = q.answer_url_response(q.call_spans(con, demo.call("answer_url_not_json")))
+    response = story.answer_url_response(q.call_spans(con, demo.call("answer_url_not_json")))
     assert response is not None and not response.is_json
     assert response.problems and "not JSON" in response.problems[0]
 
 
 def test_no_answer_url_span_for_an_unanswered_call(demo: DemoData, con: duckdb.DuckDBPyConnection) -> None:
-    assert q.answer_url_response(q.call_spans(con, demo.call("busy"))) is None
+    assert story.answer_url_response(q.call_spans(con, demo.call("busy"))) is None
 
 
 def test_timeline_marks_show_the_disconnect_and_webhooks(
     demo: DemoData, con: duckdb.DuckDBPyConnection
 ) -> None:
-    marks = q.timeline_marks(q.call_spans(con, demo.call("network_drop")))
+    marks = story.timeline_marks(q.call_spans(con, demo.call("network_drop")))
     disconnects = [m for m in marks if m.label.startswith("disconnect")]
     assert len(disconnects) == 1
     assert disconnects[0].label == "disconnect 1006 by network" and disconnects[0].kind == "problem"
     assert [m.start for m in marks] == sorted(m.start for m in marks)
     assert "call.completed" in {m.label for m in marks if m.lane == "webhooks"}
 
-    happy = q.timeline_marks(q.call_spans(con, demo.call("happy")))
+    happy = story.timeline_marks(q.call_spans(con, demo.call("happy")))
     labels = {m.label: m for m in happy}
     assert labels["answer_url"].lane == "answer_url" and labels["answer_url"].end > labels["answer_url"].start
     assert {"connected", "first media", "stop"} <= set(labels)
@@ -314,22 +315,22 @@ def test_timeline_marks_show_the_disconnect_and_webhooks(
     assert len(root) == 1 and root[0].bar and root[0].label == "call: ok"
     assert root[0].start <= labels["answer_url"].start and root[0].end >= clean[0].end
 
-    duplicated = q.timeline_marks(q.call_spans(con, demo.call("duplicate_webhooks")))
+    duplicated = story.timeline_marks(q.call_spans(con, demo.call("duplicate_webhooks")))
     assert any(m.label.endswith("(duplicate)") for m in duplicated)
 
 
 def test_clock_skew_note_only_when_the_skew_is_large(demo: DemoData) -> None:
     skewed = demo.row("skewed_receiver_clock")
-    note = q.clock_skew_note(skewed)
+    note = story.clock_skew_note(skewed)
     # The demo's receiver clock runs 4 s behind; the pipeline reports a bound, a little under it.
     match = re.search(r"at least (\d+\.\d) s behind", note or "")
     assert match is not None and 3.0 <= float(match.group(1)) <= 4.5, note
     assert "NTP" in str(note)
-    assert q.clock_skew_note(demo.row("happy")) is None
-    assert q.clock_skew_note({"receiver_clock_skew_ms": 2500}) is not None
-    assert "ahead of" in str(q.clock_skew_note({"receiver_clock_skew_ms": 2500}))
-    assert "behind" in str(q.clock_skew_note({"receiver_clock_skew_ms": -2500}))
-    assert q.clock_skew_note({"receiver_clock_skew_ms": None}) is None
+    assert story.clock_skew_note(demo.row("happy")) is None
+    assert story.clock_skew_note({"receiver_clock_skew_ms": 2500}) is not None
+    assert "ahead of" in str(story.clock_skew_note({"receiver_clock_skew_ms": 2500}))
+    assert "behind" in str(story.clock_skew_note({"receiver_clock_skew_ms": -2500}))
+    assert story.clock_skew_note({"receiver_clock_skew_ms": None}) is None
 
 
 def test_default_bucket_gives_a_readable_number_of_bars() -> None:
