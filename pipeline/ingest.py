@@ -514,7 +514,8 @@ def running_ingest(
 
     data = data_dir if isinstance(data_dir, DataDir) else DataDir(data_dir)
     service = IngestService(data, IngestOptions(**options))
-    service.start()
+    # Bind first: a busy port then fails before any thread or file exists. Everything started
+    # after this point is undone by the `finally` below.
     sock = bind_socket(host, port)
     server = uvicorn.Server(_uvicorn_config(IngestApp(service), host, port, log_level))
     failure: list[BaseException] = []
@@ -527,6 +528,7 @@ def running_ingest(
 
     thread = threading.Thread(target=run, name="callscope-ingest", daemon=True)
     try:
+        service.start()
         thread.start()
         deadline = time.monotonic() + 30
         while not server.started:
