@@ -12,7 +12,7 @@ setup(
             "pipeline._otlp_fast",
             sources=["pipeline/_otlp_fast.c"],
             optional=True,
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-missing-field-initializers"],
         )
     ]
 )

@@ -1,19 +1,27 @@
 """Ingest throughput: concurrent OTLP protobuf clients into a live `callscope ingest`.
 
 In the same run:
-- the ceiling: decode-only rate (protobuf parse + row conversion of 512-span batches, no HTTP, no disk)
-  with the decoder ingest uses (`decode_protobuf`: the C extension when built), and with the
-  pure-Python path (`request_to_table`, the decoder before the C extension) for comparison;
+- the ceiling: decode-only rate (protobuf parse + row conversion of 512-span batches, no HTTP, no
+  disk) with the decoder ingest uses (`decode_protobuf`: the C extension when it is built), and
+  with the pure-Python path (`request_to_table`, the decoder before the C extension) for comparison;
 - end to end with fsync on, and with --no-fsync (the durability cost);
 each the median of --repeats runs. End to end = spans acknowledged / (time from the first request
 until ingest has exited cleanly, i.e. every acknowledged span is in a Parquet segment).
 
-Usage: .venv/bin/python bench/ingest.py [--clients 4] [--seconds 10] [--repeats 3]
+The clients are keep-alive `http.client` connections in threads of this process: the load
+generator shares the machine with ingest, so it should be cheap (httpx costs ~2.5x more CPU per
+request). CPU seconds per span of each process (clients, ingest's request path, its roll-up worker)
+are printed too: unlike spans/s, they hardly depend on what else the machine is running.
+
+Usage: .venv/bin/python bench/ingest.py [--clients 8] [--seconds 10] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
+import os
 import signal
 import statistics
 import subprocess
@@ -21,9 +29,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import psutil
 
 # bench/pipeline.py would shadow the `pipeline` package when this file runs as a script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -48,8 +58,33 @@ def decode_rate(bodies: list[bytes], seconds: float, python: bool = False) -> fl
     return spans / (time.perf_counter() - started)
 
 
-def end_to_end(bodies: list[bytes], clients: int, seconds: float, fsync: bool) -> tuple[float, float, int]:
-    """(end-to-end spans/s, acknowledgement spans/s, spans stored) for one ingest run."""
+@dataclass(frozen=True)
+class Run:
+    """One end-to-end run."""
+
+    end_to_end: float  # spans/s until every acknowledged span is in a segment
+    acknowledged: float  # spans/s of 200s while the clients ran
+    acked_spans: int
+    stored: int  # rows in the segments afterwards: must equal acked_spans
+    refused: int
+    cpu_us: dict[str, float]  # CPU microseconds per acknowledged span, by process
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _children_cpu(process: psutil.Process) -> float:
+    total = 0.0
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # it may exit meanwhile
+            total += _cpu(child)
+    return total
+
+
+def end_to_end(bodies: list[bytes], clients: int, seconds: float, fsync: bool) -> Run:
+    """Run `callscope ingest` in a subprocess, load it for `seconds`, stop it, count what it stored."""
     with tempfile.TemporaryDirectory(prefix="callscope-bench-") as tmp:
         data = Path(tmp) / "data"
         process = subprocess.Popen(
@@ -72,27 +107,31 @@ def end_to_end(bodies: list[bytes], clients: int, seconds: float, fsync: bool) -
         )
         assert process.stderr is not None
         line = process.stderr.readline().decode()
-        url = line.split()[2]
+        url = urllib.parse.urlsplit(line.split()[2])
         acked = [0] * clients
         refused = [0] * clients
         stop = threading.Event()
 
         def client(number: int) -> None:
-            with httpx.Client(timeout=60) as session:
-                index = number
+            connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
+            headers = {"content-type": "application/x-protobuf"}
+            index = number
+            try:
                 while not stop.is_set():
-                    response = session.post(
-                        url,
-                        content=bodies[index % len(bodies)],
-                        headers={"content-type": "application/x-protobuf"},
-                    )
-                    if response.status_code == 200:
+                    connection.request("POST", url.path, bodies[index % len(bodies)], headers)
+                    response = connection.getresponse()
+                    response.read()
+                    if response.status == 200:
                         acked[number] += BATCH
                     else:
                         refused[number] += 1
-                        time.sleep(float(response.headers.get("retry-after", "1")) / 10)
+                        time.sleep(float(response.getheader("retry-after") or "1") / 10)
                     index += clients
+            finally:
+                connection.close()
 
+        me, ingest = psutil.Process(), psutil.Process(process.pid)
+        cpu_before = (_cpu(me), _cpu(ingest), _children_cpu(ingest))
         threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
         started = time.perf_counter()
         for thread in threads:
@@ -102,6 +141,7 @@ def end_to_end(bodies: list[bytes], clients: int, seconds: float, fsync: bool) -
         for thread in threads:
             thread.join()
         acknowledged_at = time.perf_counter()
+        cpu_after = (_cpu(me), _cpu(ingest), _children_cpu(ingest))
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=600)
         process.stderr.close()
@@ -109,16 +149,27 @@ def end_to_end(bodies: list[bytes], clients: int, seconds: float, fsync: bool) -
         total = sum(acked)
         with DataDir(data).connect_readonly() as con:
             stored = con.execute("select count(*) from spans_raw").fetchone()[0]  # type: ignore[index]
-        if sum(refused):
-            print(f"  ({sum(refused)} requests refused with 429/503 and retried)")
-        return total / (finished - started), total / (acknowledged_at - started), int(stored)
+        # The roll-up worker's CPU is counted while the clients ran; it finishes the rest after.
+        names = ("clients", "ingest", "roll-up")
+        cpu_us = {
+            name: (after - before) * 1e6 / max(total, 1)
+            for name, before, after in zip(names, cpu_before, cpu_after, strict=True)
+        }
+        return Run(
+            end_to_end=total / (finished - started),
+            acknowledged=total / (acknowledged_at - started),
+            acked_spans=total,
+            stored=int(stored),
+            refused=sum(refused),
+            cpu_us=cpu_us,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -126,7 +177,8 @@ def main() -> None:
     bodies = [sample_request(BATCH, seed=seed).SerializeToString() for seed in range(64)]
     print(
         f"batches of {BATCH} spans, {len(bodies[0]) / BATCH:.0f} bytes/span on the wire, "
-        f"{args.clients} clients, {args.seconds:g} s per run, median of {args.repeats}"
+        f"{args.clients} clients, {args.seconds:g} s per run, median of {args.repeats}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
     )
     python = statistics.median(decode_rate(bodies, 3.0, python=True) for _ in range(args.repeats))
     decode = statistics.median(decode_rate(bodies, 3.0) for _ in range(args.repeats))
@@ -136,15 +188,22 @@ def main() -> None:
     results = {}
     for fsync in (True, False):
         runs = [end_to_end(bodies, args.clients, args.seconds, fsync) for _ in range(args.repeats)]
-        for _e2e, _ack, stored in runs:
-            assert stored > 0
-        e2e = statistics.median(r[0] for r in runs)
-        ack = statistics.median(r[1] for r in runs)
+        for run in runs:
+            assert run.stored == run.acked_spans > 0, f"stored {run.stored} != acknowledged {run.acked_spans}"
+        e2e = statistics.median(r.end_to_end for r in runs)
+        ack = statistics.median(r.acknowledged for r in runs)
+        cpu = {name: statistics.median(r.cpu_us[name] for r in runs) for name in runs[0].cpu_us}
+        refused = sum(r.refused for r in runs)
         results[fsync] = e2e
         label = "fsync" if fsync else "no fsync"
         print(
             f"end to end ({label:>8}):    {e2e:>10,.0f} spans/s  (acknowledged at {ack:,.0f} spans/s; "
-            f"{e2e / decode:.2f}x decode-only)"
+            f"{e2e / decode:.2f}x decode-only; runs: {', '.join(f'{r.end_to_end:,.0f}' for r in runs)})"
+        )
+        print(
+            "    CPU us/span: "
+            + ", ".join(f"{name} {value:.1f}" for name, value in cpu.items())
+            + (f"; {refused} requests refused with 429/503 and retried" if refused else "")
         )
     print(f"durability cost (fsync on vs off): {results[True] / results[False]:.2f}x")
     print(

@@ -28,6 +28,12 @@
 
 enum { OK = 0, BAIL = 1, NOMEM = 2, DONE = 3 };
 
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
 #define TRY(expr)                    \
     do {                             \
         int _r = (expr);             \
@@ -53,7 +59,8 @@ static int buf_grow(Buf *b, size_t extra) {
     size_t need = b->n + extra;
     size_t cap = b->cap ? b->cap : 1024;
     while (cap < need) cap *= 2;
-    uint8_t *d = PyMem_Realloc(b->d, cap);
+    /* Raw allocator: the memory may be handed to an OwnedBuffer and freed from any thread. */
+    uint8_t *d = PyMem_RawRealloc(b->d, cap);
     if (d == NULL) return NOMEM;
     b->d = d;
     b->cap = cap;
@@ -81,7 +88,7 @@ static inline int buf_byte(Buf *b, uint8_t c) {
 }
 
 static void buf_free(Buf *b) {
-    PyMem_Free(b->d);
+    PyMem_RawFree(b->d);
     b->d = NULL;
     b->n = b->cap = 0;
 }
@@ -178,7 +185,7 @@ static inline int read_varint(Msg *m, uint64_t *out) {
 }
 
 /* The next field of a message: OK (f filled), DONE at the end, BAIL if malformed or a group. */
-static inline int next_field(Msg *m, Field *f) {
+static ALWAYS_INLINE int next_field(Msg *m, Field *f) {
     if (m->p >= m->end) return DONE;
     uint64_t tag;
     TRY(read_varint(m, &tag));
@@ -469,7 +476,7 @@ typedef struct {
 /* Which oneof case an AnyValue holds after upb parsed it, and its payload. */
 static int any_value(const uint8_t *s, size_t n, AnyValue *out) {
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     out->kind = AV_NONE;
     FOR_FIELDS(m, f, r) {
@@ -614,7 +621,7 @@ static int json_value(Ctx *c, Buf *o, const uint8_t *s, size_t n, int depth);
 static int push_key_value(Ctx *c, const uint8_t *s, size_t n) {
     Entry e = {(const uint8_t *)"", 0, NULL, 0, 0};
     Msg kv = msg_of(s, n);
-    Field g;
+    Field g = {0, 0, 0, NULL, 0};
     int q;
     FOR_FIELDS(kv, g, q) {
         if (g.wt != 2) continue;
@@ -670,7 +677,7 @@ static int json_dict(Ctx *c, Buf *o, const uint8_t *s, size_t n, uint32_t field_
     if (depth > MAX_DEPTH) return BAIL;
     size_t base = c->n_entries;
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         if (f.field == field_no && f.wt == 2) TRY(push_key_value(c, f.s, f.len));
@@ -699,7 +706,7 @@ static int json_value(Ctx *c, Buf *o, const uint8_t *s, size_t n, int depth) {
         case AV_ARRAY: {
             TRY(buf_byte(o, '['));
             Msg m = msg_of(a.s, a.len);
-            Field f;
+            Field f = {0, 0, 0, NULL, 0};
             int r, first = 1;
             FOR_FIELDS(m, f, r) {
                 if (f.field != 1 || f.wt != 2) continue;
@@ -756,7 +763,7 @@ static int json_link(Ctx *c, Buf *o, const uint8_t *s, size_t n) {
     const uint8_t *trace_id = NULL, *span_id = NULL;
     size_t trace_len = 0, span_len = 0;
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         if (f.wt != 2) continue;
@@ -803,7 +810,7 @@ static int span_row(Ctx *c, const SpanContext *sc, const uint8_t *s, size_t n) {
     /* one pass: scalars (the last one wins), attributes onto the entry stack, events and links
      * remembered in order (the fields may come in any order, interleaved) */
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         switch (f.field) {
@@ -945,7 +952,7 @@ static int scope_spans(Ctx *c, SpanContext *sc, const uint8_t *s, size_t n) {
     const uint8_t *scope = NULL;
     size_t scope_len = 0;
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         if (f.field == 1 && f.wt == 2) {
@@ -977,7 +984,7 @@ static int resource_spans(Ctx *c, const uint8_t *s, size_t n) {
     const uint8_t *resource = NULL;
     size_t resource_len = 0;
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         if (f.field == 1 && f.wt == 2) {
@@ -1017,7 +1024,7 @@ static int resource_spans(Ctx *c, const uint8_t *s, size_t n) {
 
 static int request(Ctx *c, const uint8_t *s, size_t n) {
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         if (f.field == 1 && f.wt == 2) TRY(resource_spans(c, f.s, f.len));
@@ -1033,7 +1040,7 @@ static int valid_span(const uint8_t *s, size_t n) {
     size_t trace_len = 0, span_len = 0, parent_len = 0;
     const uint8_t *trace_id = NULL, *span_id = NULL;
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         switch (f.field) {
@@ -1053,7 +1060,7 @@ static int valid_span(const uint8_t *s, size_t n) {
             case 11:
                 if (f.wt == 2) {
                     Msg em = msg_of(f.s, f.len);
-                    Field g;
+                    Field g = {0, 0, 0, NULL, 0};
                     int q;
                     FOR_FIELDS(em, g, q) {
                         if (g.field == 1 && g.wt == 1 && g.v > (uint64_t)INT64_MAX) return BAIL;
@@ -1073,7 +1080,7 @@ static int valid_span(const uint8_t *s, size_t n) {
 
 static int count_scope_spans(const uint8_t *s, size_t n, int64_t *count) {
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         if (f.field == 2 && f.wt == 2) {
@@ -1087,7 +1094,7 @@ static int count_scope_spans(const uint8_t *s, size_t n, int64_t *count) {
 
 static int count_resource_spans(const uint8_t *s, size_t n, int64_t *count) {
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         if (f.field == 2 && f.wt == 2) TRY(count_scope_spans(f.s, f.len, count));
@@ -1098,7 +1105,7 @@ static int count_resource_spans(const uint8_t *s, size_t n, int64_t *count) {
 
 static int count_valid_spans(const uint8_t *s, size_t n, int64_t *count) {
     Msg m = msg_of(s, n);
-    Field f;
+    Field f = {0, 0, 0, NULL, 0};
     int r;
     FOR_FIELDS(m, f, r) {
         if (f.field == 1 && f.wt == 2) TRY(count_resource_spans(f.s, f.len, count));
@@ -1143,11 +1150,52 @@ static void ctx_free(Ctx *c) {
     PyMem_Free(c->link_slices);
 }
 
-static PyObject *bytes_of(const Buf *b) {
-    return PyBytes_FromStringAndSize(b->n ? (const char *)b->d : "", (Py_ssize_t)b->n);
+/* A read-only buffer (buffer protocol) owning a Buf's memory: Arrow wraps it without a copy
+ * (pa.py_buffer) and keeps it alive as long as any array uses it. */
+typedef struct {
+    PyObject_HEAD
+    uint8_t *d;
+    Py_ssize_t n;
+} OwnedBuffer;
+
+static int owned_getbuffer(PyObject *self, Py_buffer *view, int flags) {
+    OwnedBuffer *b = (OwnedBuffer *)self;
+    static uint8_t empty[1];
+    return PyBuffer_FillInfo(view, self, b->d ? b->d : empty, b->n, 1, flags);
 }
 
-static PyObject *column_tuple(const StrCol *col) {
+static void owned_dealloc(PyObject *self) {
+    PyMem_RawFree(((OwnedBuffer *)self)->d);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyBufferProcs owned_as_buffer = {owned_getbuffer, NULL};
+
+static PyTypeObject OwnedBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pipeline._otlp_fast.OwnedBuffer",
+    .tp_basicsize = sizeof(OwnedBuffer),
+    .tp_dealloc = owned_dealloc,
+    .tp_as_buffer = &owned_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Read-only bytes made by the decoder (buffer protocol).",
+};
+
+/* Move a Buf's memory into a new OwnedBuffer (the Buf is left empty). */
+static PyObject *bytes_of(Buf *b) {
+    OwnedBuffer *o = PyObject_New(OwnedBuffer, &OwnedBufferType);
+    if (o == NULL) return NULL;
+    if (b->d != NULL && b->cap > b->n + 4096) { /* give back what doubling over-allocated */
+        uint8_t *d = PyMem_RawRealloc(b->d, b->n ? b->n : 1);
+        if (d != NULL) b->d = d;
+    }
+    o->d = b->d;
+    o->n = (Py_ssize_t)b->n;
+    b->d = NULL;
+    b->n = b->cap = 0;
+    return (PyObject *)o;
+}
+
+static PyObject *column_tuple(StrCol *col) {
     PyObject *validity;
     if (col->nullable && col->nulls) {
         validity = bytes_of(&col->validity);
@@ -1237,7 +1285,7 @@ static PyObject *py_json_double(PyObject *module, PyObject *arg) {
     int r = json_double(&b, bits);
     PyObject *result = NULL;
     if (r == OK)
-        result = bytes_of(&b);
+        result = PyBytes_FromStringAndSize(b.n ? (const char *)b.d : "", (Py_ssize_t)b.n);
     else if (r == BAIL)
         PyErr_SetString(PyExc_ValueError, "unexpected repr");
     else
@@ -1260,5 +1308,6 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__otlp_fast(void) {
     init_escape();
+    if (PyType_Ready(&OwnedBufferType) < 0) return NULL;
     return PyModule_Create(&module_def);
 }

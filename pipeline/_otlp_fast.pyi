@@ -1,7 +1,13 @@
 """Types of the C decoder (pipeline/_otlp_fast.c); see pipeline.otlp for how it is used."""
 
-StringColumn = tuple[bytes | None, bytes, bytes, int]  # validity bitmap, int32 offsets, data, null count
+class OwnedBuffer:
+    """Read-only bytes made by the decoder (buffer protocol; pa.py_buffer wraps it, no copy)."""
 
-def walk(body: bytes, /) -> tuple[int, tuple[StringColumn, ...], bytes, bytes, bytes, int, bytes] | None: ...
+#: validity bitmap (None: no nulls), int32 offsets, data, null count
+StringColumn = tuple[OwnedBuffer | None, OwnedBuffer, OwnedBuffer, int]
+
+def walk(
+    body: bytes, /
+) -> tuple[int, tuple[StringColumn, ...], OwnedBuffer, OwnedBuffer, OwnedBuffer, int, OwnedBuffer] | None: ...
 def count_valid(body: bytes, /) -> int | None: ...
 def json_double(value: float, /) -> bytes: ...

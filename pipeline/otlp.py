@@ -426,7 +426,8 @@ _FAST_STRING_COLUMNS = (
 )
 
 
-def _buffers_array(parts: tuple[bytes | None, bytes, bytes, int], count: int) -> pa.Array:
+def _buffers_array(parts: tuple[Any, Any, Any, int], count: int) -> pa.Array:
+    # (validity bitmap or None, int32 offsets, data, null count): buffers the C decoder owns
     validity, offsets, data, nulls = parts
     buffers = [
         None if validity is None else pa.py_buffer(validity),
