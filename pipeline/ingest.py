@@ -8,7 +8,8 @@ Per the OTLP/HTTP specification:
   `partial_success` (`rejected_spans`, `error_message`).
 - 400 with a `google.rpc.Status` for undecodable bodies, 413 when the body (after decompression) is
   over `max_body_bytes` (a gzip bomb is stopped while inflating), 415 for other content types,
-  401 without the bearer token (when one is configured), 429 when too many request bodies are in
+  401 without the bearer token (when one is configured), 408 when the body does not arrive within
+  `read_timeout_s` (a slow or stalled client), 429 when too many request bodies are in
   memory and 503 when the write-ahead log is further ahead of the segments than `max_backlog_bytes`,
   both with `Retry-After`.
 - `GET /healthz`: 200 with counters as JSON.
@@ -73,6 +74,9 @@ class IngestOptions:
     #: WAL bytes not yet rolled into segments; beyond it, 503 (the disk or decoder can't keep up).
     max_backlog_bytes: int = 512 * MiB
     retry_after_s: int = 1
+    #: Seconds a client has to send its whole request body; after it, 408 and the connection is
+    #: closed, so slow or stalled clients (slowloris) cannot hold memory and connections forever.
+    read_timeout_s: float = 30.0
     fsync: bool = True
     wal_file_bytes: int = 32 * MiB
     wal_file_age_s: float = 2.0
@@ -215,6 +219,7 @@ _RPC_CODES = {
     401: code_pb2.UNAUTHENTICATED,
     404: code_pb2.NOT_FOUND,
     405: code_pb2.UNIMPLEMENTED,
+    408: code_pb2.DEADLINE_EXCEEDED,
     413: code_pb2.RESOURCE_EXHAUSTED,
     415: code_pb2.INVALID_ARGUMENT,
     429: code_pb2.RESOURCE_EXHAUSTED,
@@ -344,24 +349,33 @@ class IngestApp:
         counted = 0
         try:
             more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise HTTPError(400, "client disconnected before the body was complete")
-                chunk = message.get("body", b"")
-                more = message.get("more_body", False)
-                try:
-                    reader.feed(chunk)
-                except BodyTooLarge as exc:
-                    raise HTTPError(413, str(exc)) from exc
-                except BodyError as exc:
-                    raise HTTPError(400, str(exc)) from exc
-                grown = reader.size - counted
-                if grown:
-                    if service.inflight_bytes + grown > self.options.max_inflight_bytes:
-                        raise self._retry(429)
-                    service.inflight_bytes += grown
-                    counted += grown
+            try:
+                async with asyncio.timeout(self.options.read_timeout_s):
+                    while more:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            raise HTTPError(400, "client disconnected before the body was complete")
+                        chunk = message.get("body", b"")
+                        more = message.get("more_body", False)
+                        try:
+                            reader.feed(chunk)
+                        except BodyTooLarge as exc:
+                            raise HTTPError(413, str(exc)) from exc
+                        except BodyError as exc:
+                            raise HTTPError(400, str(exc)) from exc
+                        grown = reader.size - counted
+                        if grown:
+                            if service.inflight_bytes + grown > self.options.max_inflight_bytes:
+                                raise self._retry(429)
+                            service.inflight_bytes += grown
+                            counted += grown
+            except TimeoutError:
+                raise HTTPError(
+                    408,
+                    f"the request body did not arrive within {self.options.read_timeout_s:g} s "
+                    f"({reader.received} bytes received)",
+                    headers={"connection": "close"},
+                ) from None
             try:
                 body = reader.finish()
             except BodyError as exc:
