@@ -58,7 +58,32 @@ def check_read_only(sql: str) -> str:
             f"{kind} statements are not allowed: callscope sql is read-only "
             "(SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
         )
+    if kind == "EXPLAIN":
+        # EXPLAIN ANALYZE runs the statement it explains: `EXPLAIN ANALYZE COPY ... TO` would
+        # write into the data directory. The explained statement must be read-only too.
+        check_read_only(_explained(str(statement.query)))
     return str(statement.query)
+
+
+def _explained(sql: str) -> str:
+    """The statement after `EXPLAIN [ANALYZE] [(options)]`, comments skipped."""
+    import re
+
+    import duckdb
+
+    starts = [start for start, kind in duckdb.tokenize(sql) if kind != duckdb.token_type.comment]
+    index, depth = 1, 0  # token 0 is EXPLAIN
+    while index < len(starts):
+        word = re.match(r"\w+|\S", sql[starts[index] :])
+        text = word.group(0).upper() if word else ""
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        elif depth == 0 and text not in ("ANALYZE", "ANALYSE"):
+            return sql[starts[index] :]
+        index += 1
+    return ""
 
 
 def sandboxed_connection(data: DataDir) -> duckdb.DuckDBPyConnection:
