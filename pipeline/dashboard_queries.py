@@ -158,27 +158,8 @@ def _where(flt: CallFilter, *, with_time: bool = True) -> tuple[str, list[Any]]:
 _FAILED = "(is_final AND failure_stage IS NOT NULL AND failure_stage <> 'none')"
 
 CALLS = "calls"
-OVERVIEW_TABLE = "overview_calls"
-"""The temporary table `overview` fills with the calls of the window (and the one before it)."""
-#: The columns the overview's queries read.
-OVERVIEW_COLUMNS = (
-    "first_seen_at",
-    "is_final",
-    "verdict",
-    "failure_stage",
-    "application_id",
-    "customer_id",
-    "direction",
-)
-
-
-def _source(con: duckdb.DuckDBPyConnection, source: str) -> bool:
-    """Whether `source` (the calls view, or the overview's snapshot) can be queried."""
-    if source == OVERVIEW_TABLE:
-        return True
-    if source != CALLS:
-        raise QueryError(f"unknown source {source!r}")
-    return CALLS in views(con)
+OVERVIEW_COUNTS = "overview_counts"
+"""The temporary table `overview` fills with the window's counts (one read of `calls`)."""
 
 
 # ---- the data directory at a glance ----------------------------------------------------------
@@ -296,25 +277,25 @@ class Kpis:
         return float(now - before)
 
 
-def _counts(con: duckdb.DuckDBPyConnection, flt: CallFilter, source: str) -> WindowCounts:
+def _counts(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> WindowCounts:
     where, params = _where(flt)
     calls, final, failures, in_progress = _one(
         con,
         "SELECT count(*), count(*) FILTER (WHERE is_final), "
         f"count(*) FILTER (WHERE {_FAILED}), count(*) FILTER (WHERE NOT is_final) "
-        f"FROM {source} WHERE {where}",
+        f"FROM calls WHERE {where}",
         params,
     )
     return WindowCounts(int(calls), int(final), int(failures), int(in_progress))
 
 
-def kpis(con: duckdb.DuckDBPyConnection, flt: CallFilter, *, source: str = CALLS) -> Kpis:
+def kpis(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> Kpis:
     """Calls, failures, failure rate and calls in progress, in the window and the one before it."""
     previous = flt.previous()
-    if not _source(con, source):
+    if CALLS not in views(con):
         empty = WindowCounts(0, 0, 0, 0)
         return Kpis(empty, None if previous is None else empty)
-    return Kpis(_counts(con, flt, source), None if previous is None else _counts(con, previous, source))
+    return Kpis(_counts(con, flt), None if previous is None else _counts(con, previous))
 
 
 #: Bucket widths the failures chart offers, and the window each is the natural choice up to.
@@ -338,24 +319,19 @@ def default_bucket(span: timedelta | None) -> str:
     return BUCKETS[-1][0]
 
 
-def failures_over_time(
-    con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta, *, source: str = CALLS
-) -> pl.DataFrame:
+def failures_over_time(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta) -> pl.DataFrame:
     """Failed calls per time bucket and verdict: columns `bucket` (UTC start), `verdict`, `calls`."""
-    import polars as pl
 
     if bucket <= timedelta(0):
         raise QueryError(f"bucket must be positive, got {bucket}")
-    if not _source(con, source):
-        return pl.DataFrame(
-            schema={"bucket": pl.Datetime("us", "UTC"), "verdict": pl.String, "calls": pl.Int64}
-        )
+    if CALLS not in views(con):
+        return _empty_series()
     where, params = _where(flt)
     micros = int(bucket / timedelta(microseconds=1))
     return _frame(
         con,
         f"SELECT time_bucket(to_microseconds(?), first_seen_at::TIMESTAMPTZ) AS bucket, verdict, "
-        f"count(*) AS calls FROM {source} WHERE {where} AND {_FAILED} "
+        f"count(*) AS calls FROM calls WHERE {where} AND {_FAILED} "
         "GROUP BY ALL ORDER BY bucket, verdict",
         [micros, *params],
     )
@@ -374,24 +350,27 @@ class FunnelStep:
     """calls / the funnel's base (1.0 at the top when nothing failed at the first step)."""
 
 
-def funnel(con: duckdb.DuckDBPyConnection, flt: CallFilter, *, source: str = CALLS) -> list[FunnelStep]:
+def funnel(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> list[FunnelStep]:
     """The debug-order funnel over final calls that tried to stream.
 
     The base is every final call except `no_stream` (answer_url asked for no stream: not a
     failure, and not a stream to follow). Verdicts name the first failing step, so a call
     passes every step before its failure stage.
     """
-    lost_by_stage: dict[str, int] = {}
-    base = 0
-    if _source(con, source):
+    rows: list[tuple[Any, ...]] = []
+    if CALLS in views(con):
         where, params = _where(flt)
         rows = con.execute(
-            f"SELECT coalesce(failure_stage, 'none'), count(*) FROM {source} WHERE {where} "
+            f"SELECT coalesce(failure_stage, 'none'), count(*) FROM calls WHERE {where} "
             "AND is_final AND verdict <> 'no_stream' GROUP BY ALL",
             params,
         ).fetchall()
-        lost_by_stage = {str(stage): int(n) for stage, n in rows}
-        base = sum(lost_by_stage.values())
+    return _funnel_steps({str(stage): int(n) for stage, n in rows})
+
+
+def _funnel_steps(lost_by_stage: Mapping[str, int]) -> list[FunnelStep]:
+    """The funnel from the number of base calls stopped at each failure stage (`none`: went through)."""
+    base = sum(lost_by_stage.values())
     steps: list[FunnelStep] = []
     remaining = base
     for label, stage in FUNNEL_STEPS:
@@ -401,51 +380,69 @@ def funnel(con: duckdb.DuckDBPyConnection, flt: CallFilter, *, source: str = CAL
     return steps
 
 
-def top_failures(
-    con: duckdb.DuckDBPyConnection, flt: CallFilter, by: str, limit: int = 10, *, source: str = CALLS
-) -> pl.DataFrame:
+def top_failures(con: duckdb.DuckDBPyConnection, flt: CallFilter, by: str, limit: int = 10) -> pl.DataFrame:
     """The `by` values (application_id or customer_id) with the most failures.
 
     Columns: `<by>`, `failures`, `calls`, `failure_rate` (over final calls), `top_verdict`.
     """
-    import polars as pl
+    _check_top(by)
+    if CALLS not in views(con):
+        return _empty_top(by)
+    where, params = _where(flt)
+    per_verdict = (
+        f"SELECT {by}, verdict, is_final, {_FAILED} AS failed, count(*) AS n "
+        f"FROM calls WHERE {where} GROUP BY ALL"
+    )
+    return _frame(con, _top_sql(by, per_verdict), [*params, limit])
 
+
+def _check_top(by: str) -> None:
     if by not in ("application_id", "customer_id"):
         raise QueryError(f"top failures are by application_id or customer_id, not {by!r}")
-    if not _source(con, source):
-        return pl.DataFrame(
-            schema={
-                by: pl.String,
-                "failures": pl.Int64,
-                "calls": pl.Int64,
-                "failure_rate": pl.Float64,
-                "top_verdict": pl.String,
-            }
-        )
-    where, params = _where(flt)
-    # Count per (key, verdict) first: the most common failing verdict is then an arg_max over a
-    # few rows per key, much cheaper than mode() over every call.
-    return _frame(
-        con,
-        f"WITH per_verdict AS (SELECT {by}, verdict, is_final, {_FAILED} AS failed, count(*) AS n "
-        f"FROM {source} WHERE {where} GROUP BY ALL) "
+
+
+def _top_sql(by: str, per_verdict: str) -> str:
+    """The top-failures query over `per_verdict` (rows of `by`, verdict, is_final, failed, n).
+
+    Counting per (key, verdict) first makes the most common failing verdict (ties: the first by
+    name) a pick among a few rows per key, much cheaper than mode() over every call.
+    """
+    return (
+        f"WITH per_verdict AS ({per_verdict}) "
         f"SELECT {by}, sum(n) FILTER (WHERE failed)::BIGINT AS failures, sum(n)::BIGINT AS calls, "
         "failures / nullif(sum(n) FILTER (WHERE is_final), 0) AS failure_rate, "
-        "arg_max(verdict, n) FILTER (WHERE failed) AS top_verdict "
-        f"FROM per_verdict GROUP BY {by} HAVING failures > 0 ORDER BY failures DESC, {by} LIMIT ?",
-        [*params, limit],
+        "first(verdict ORDER BY n DESC, verdict) FILTER (WHERE failed) AS top_verdict "
+        f"FROM per_verdict GROUP BY {by} HAVING failures > 0 ORDER BY failures DESC, {by} LIMIT ?"
     )
 
 
-def failures_by_verdict(
-    con: duckdb.DuckDBPyConnection, flt: CallFilter, *, source: str = CALLS
-) -> list[tuple[str, str, int]]:
+def _empty_top(by: str) -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame(
+        schema={
+            by: pl.String,
+            "failures": pl.Int64,
+            "calls": pl.Int64,
+            "failure_rate": pl.Float64,
+            "top_verdict": pl.String,
+        }
+    )
+
+
+def _empty_series() -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame(schema={"bucket": pl.Datetime("us", "UTC"), "verdict": pl.String, "calls": pl.Int64})
+
+
+def failures_by_verdict(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> list[tuple[str, str, int]]:
     """(verdict, failure_stage, failed calls) in the window, most frequent first."""
-    if not _source(con, source):
+    if CALLS not in views(con):
         return []
     where, params = _where(flt)
     rows = con.execute(
-        f"SELECT verdict, failure_stage, count(*) AS n FROM {source} WHERE {where} AND {_FAILED} "
+        f"SELECT verdict, failure_stage, count(*) AS n FROM calls WHERE {where} AND {_FAILED} "
         "GROUP BY ALL ORDER BY n DESC, verdict",
         params,
     ).fetchall()
@@ -495,38 +492,92 @@ def overview(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta,
     """The Overview page's figures: KPIs (and the previous window's), failures by verdict and over
     time, the funnel, and the top applications and customers by failures.
 
-    The `calls` view resolves the latest row of every call each time it is read, so the calls of
-    the window and of the one before it are read from it once, into a temporary table, and every
-    figure is computed from that.
+    Each read of the `calls` view resolves the latest row of every call, so it is read once: one
+    GROUP BY GROUPING SETS counts the calls of the window and of the one before it by verdict, by
+    time bucket, by application and by customer (a few thousand rows) into a temporary table,
+    and every figure is summed from those counts. The results equal the single-figure functions
+    (`kpis`, `funnel`, `top_failures`, ...), which read `calls` directly.
     """
-    if CALLS not in views(con):
-        return Overview(
-            kpis(con, flt),
-            [],
-            funnel(con, flt),
-            top_failures(con, flt, "application_id", top),
-            top_failures(con, flt, "customer_id", top),
-            failures_over_time(con, flt, bucket),
-        )
+    if bucket <= timedelta(0):
+        raise QueryError(f"bucket must be positive, got {bucket}")
     previous = flt.previous()
+    if CALLS not in views(con):
+        empty = WindowCounts(0, 0, 0, 0)
+        return Overview(
+            Kpis(empty, None if previous is None else empty),
+            [],
+            _funnel_steps({}),
+            _empty_top("application_id"),
+            _empty_top("customer_id"),
+            _empty_series(),
+        )
     where, params = _where(replace(flt, start=previous.start if previous else flt.start))
+    current = "first_seen_at >= ?" if flt.start is not None else "true"
+    current_params = [_utc(flt.start)] if flt.start is not None else []
+    keys = "cur, verdict, failure_stage, is_final, failed"
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {OVERVIEW_TABLE} AS "
-        f"SELECT {', '.join(OVERVIEW_COLUMNS)} FROM calls WHERE {where}",
-        params,
+        f"CREATE OR REPLACE TEMP TABLE {OVERVIEW_COUNTS} AS "
+        "SELECT CASE WHEN grouping(bucket) = 0 THEN 'bucket' WHEN grouping(application_id) = 0 "
+        "THEN 'application_id' WHEN grouping(customer_id) = 0 THEN 'customer_id' ELSE 'all' END AS part, "
+        f"bucket, application_id, customer_id, {keys}, count(*) AS n FROM ("
+        f"SELECT {current} AS cur, time_bucket(to_microseconds(?), first_seen_at::TIMESTAMPTZ) AS bucket, "
+        "application_id, customer_id, verdict, coalesce(failure_stage, 'none') AS failure_stage, "
+        f"is_final, {_FAILED} AS failed FROM calls WHERE {where}) "
+        f"GROUP BY GROUPING SETS (({keys}), (bucket, {keys}), "
+        f"(application_id, {keys}), (customer_id, {keys}))",
+        [*current_params, int(bucket / timedelta(microseconds=1)), *params],
     )
     try:
-        source = OVERVIEW_TABLE
-        return Overview(
-            kpis(con, flt, source=source),
-            failures_by_verdict(con, flt, source=source),
-            funnel(con, flt, source=source),
-            top_failures(con, flt, "application_id", top, source=source),
-            top_failures(con, flt, "customer_id", top, source=source),
-            failures_over_time(con, flt, bucket, source=source),
-        )
+        return _overview_from_counts(con, previous is not None, top)
     finally:
-        con.execute(f"DROP TABLE IF EXISTS {OVERVIEW_TABLE}")
+        con.execute(f"DROP TABLE IF EXISTS {OVERVIEW_COUNTS}")
+
+
+def _overview_from_counts(con: duckdb.DuckDBPyConnection, has_previous: bool, top: int) -> Overview:
+    counts = f"FROM {OVERVIEW_COUNTS} WHERE part = ?"
+
+    def window(cur: bool) -> WindowCounts:
+        calls, final, failures, in_progress = _one(
+            con,
+            "SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE is_final), 0), "
+            "coalesce(sum(n) FILTER (WHERE failed), 0), coalesce(sum(n) FILTER (WHERE NOT is_final), 0) "
+            f"{counts} AND cur = ?",
+            ["all", cur],
+        )
+        return WindowCounts(int(calls), int(final), int(failures), int(in_progress))
+
+    by_verdict = [
+        (str(v), str(stage), int(n))
+        for v, stage, n in con.execute(
+            f"SELECT verdict, failure_stage, sum(n) AS total {counts} AND cur AND failed "
+            "GROUP BY ALL ORDER BY total DESC, verdict",
+            ["all"],
+        ).fetchall()
+    ]
+    lost = con.execute(
+        f"SELECT failure_stage, sum(n) {counts} AND cur AND is_final AND verdict <> 'no_stream' GROUP BY ALL",
+        ["all"],
+    ).fetchall()
+    tops = {}
+    for by in ("application_id", "customer_id"):
+        per_verdict = (
+            f"SELECT {by}, verdict, is_final, failed, n FROM {OVERVIEW_COUNTS} WHERE part = ? AND cur"
+        )
+        tops[by] = _frame(con, _top_sql(by, per_verdict), [by, top])
+    series = _frame(
+        con,
+        f"SELECT bucket, verdict, sum(n)::BIGINT AS calls {counts} AND cur AND failed "
+        "GROUP BY ALL ORDER BY bucket, verdict",
+        ["bucket"],
+    )
+    return Overview(
+        Kpis(window(True), window(False) if has_previous else None),
+        by_verdict,
+        _funnel_steps({str(stage): int(n) for stage, n in lost}),
+        tops["application_id"],
+        tops["customer_id"],
+        series,
+    )
 
 
 def spans_without_call_id(con: duckdb.DuckDBPyConnection) -> int:

@@ -355,3 +355,24 @@ def test_every_example_query_runs_read_only(demo: DemoData, title: str) -> None:
     if title == "Calls dropped in the last hour":
         dropped = {r["call_id"] for r in demo.rows.values() if r["verdict"] == "stream_dropped"}
         assert {row[0] for row in result.rows} == dropped
+
+
+@pytest.mark.parametrize(
+    ("window", "verdicts"),
+    [(None, ()), (timedelta(hours=1), ()), (timedelta(hours=1), ("stream_dropped", "ok"))],
+    ids=["all time", "last hour", "two verdicts"],
+)
+def test_overview_equals_the_single_figures(
+    con: duckdb.DuckDBPyConnection, window: timedelta | None, verdicts: tuple[str, ...]
+) -> None:
+    flt = q.CallFilter(verdicts=verdicts) if window is None else q.last(window, _now(), verdicts=verdicts)
+    # `overview` reads `calls` once and sums counts; each single-figure function reads `calls`.
+    figures = q.overview(con, flt, timedelta(minutes=1))
+    assert figures.kpis == q.kpis(con, flt)
+    assert figures.by_verdict == q.failures_by_verdict(con, flt)
+    assert figures.funnel == q.funnel(con, flt)
+    assert figures.top_applications.equals(q.top_failures(con, flt, "application_id"))
+    assert figures.top_customers.equals(q.top_failures(con, flt, "customer_id"))
+    assert figures.series.equals(q.failures_over_time(con, flt, timedelta(minutes=1)))
+    assert figures.kpis.current.failures > 0
+    assert "overview_counts" not in q.views(con)  # the temporary table is dropped
