@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 #: Attribute set on a re-parented span: the parent id it named, which the trace does not hold.
@@ -232,7 +233,7 @@ def jaeger_trace(request: Mapping[str, Any]) -> dict[str, Any]:
 FORMATS = ("otlp-json", "jaeger-json")
 
 
-def trace_document(data_dir: str | Any, call_id: str, trace_format: str = "otlp-json") -> dict[str, Any]:
+def trace_document(data_dir: str | Path, call_id: str, trace_format: str = "otlp-json") -> dict[str, Any]:
     """The whole trace of `call_id` from a data directory, as a document Jaeger UI can upload.
 
     `otlp-json` is an OTLP/JSON request (`{"resourceSpans": [...]}`), `jaeger-json` the Jaeger
