@@ -712,25 +712,48 @@ def call_events(con: duckdb.DuckDBPyConnection, call_id: str) -> pl.DataFrame:
     return _frame(con, f"SELECT * FROM call_events WHERE call_id = ? ORDER BY {order}", [call_id])
 
 
+#: How far from the call's first and last activity its spans are looked for first. Segments are
+#: written in arrival order, so their row groups cover narrow time ranges that DuckDB skips.
+SPAN_SEARCH_MARGIN = timedelta(hours=1)
+
+
 def call_spans(
     con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """The call's stored spans (one row per span id, first ingested copy), oldest first.
 
     Reads `spans_raw` filtered by the call's derived trace id and de-duplicates here: the `spans`
-    view de-duplicates over every stored span before any filter. Given the call's `calls` row, only
-    the date partitions around its first and last activity are read (a day either side, for
-    clock skew): with weeks of spans stored, that is most of the work saved.
+    view de-duplicates over every stored span before any filter. Given the call's `calls` row, it
+    first reads only spans that start within SPAN_SEARCH_MARGIN of the call's first and last
+    activity (the date partitions and row groups around it); when that finds fewer spans than the
+    build counted (a receiver clock off by hours), it reads them all.
     """
     if "spans_raw" not in views(con):
         return []
-    where = "trace_id = ?"
-    params: list[Any] = [call_trace_id_hex(call_id)]
+    trace_id = call_trace_id_hex(call_id)
     first = (call or {}).get("first_seen_at")
     last = (call or {}).get("last_seen_at") or (call or {}).get("completed_at") or first
-    if isinstance(first, datetime) and isinstance(last, datetime) and "date" in columns(con, "spans_raw"):
-        where += " AND date BETWEEN ? AND ?"
-        params += [(first - timedelta(days=1)).date(), (last + timedelta(days=1)).date()]
+    if isinstance(first, datetime) and isinstance(last, datetime):
+        low, high = first - SPAN_SEARCH_MARGIN, last + SPAN_SEARCH_MARGIN
+        where = "trace_id = ? AND start_ns BETWEEN ? AND ?"
+        params: list[Any] = [trace_id, _epoch_ns(low), _epoch_ns(high)]
+        if "date" in columns(con, "spans_raw"):
+            where += " AND date BETWEEN ? AND ?"
+            params += [low.date(), high.date()]
+        spans = _spans_where(con, where, params)
+        expected = (call or {}).get("span_count")
+        if spans and (not isinstance(expected, int) or len(spans) >= expected):
+            return spans
+    return _spans_where(con, "trace_id = ?", [trace_id])
+
+
+def _epoch_ns(moment: datetime) -> int:
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def _spans_where(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[dict[str, Any]]:
     cursor = con.execute(
         "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER (PARTITION BY span_id "
         f"ORDER BY ingested_at_ns, end_ns DESC) AS rn FROM spans_raw WHERE {where}) "

@@ -376,3 +376,18 @@ def test_overview_equals_the_single_figures(
     assert figures.series.equals(q.failures_over_time(con, flt, timedelta(minutes=1)))
     assert figures.kpis.current.failures > 0
     assert "overview_counts" not in q.views(con)  # the temporary table is dropped
+
+
+def test_call_spans_near_the_call_and_the_fallback(demo: DemoData, con: duckdb.DuckDBPyConnection) -> None:
+    call_id = demo.call("happy")
+    everything = q.call_spans(con, call_id)
+    row = q.call_row(con, call_id)
+    assert row is not None
+    assert q.call_spans(con, call_id, row) == everything  # the time-bounded read finds them all
+    # A row whose times are far from the spans (a receiver clock off by a day, say): the bounded
+    # read finds nothing, so every span of the trace is read.
+    far = {**row, "first_seen_at": row["first_seen_at"] + timedelta(days=3)}
+    far["last_seen_at"] = far["first_seen_at"]
+    assert q.call_spans(con, call_id, far) == everything
+    # Found fewer than the build counted: read them all too.
+    assert q.call_spans(con, call_id, {**row, "span_count": len(everything) + 5}) == everything
