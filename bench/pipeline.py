@@ -19,11 +19,22 @@ Prints medians and the ratios against the targets in issue 4.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 # This script is called pipeline.py: keep its own directory off the path so `pipeline` is the package.
@@ -31,6 +42,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from pipeline.schema import SPAN_SCHEMA  # noqa: E402
+from pipeline.storage import DataDir  # noqa: E402
 
 #: 2026-05-29T00:00:00Z, the day of the MiniVoice doc's webhook example.
 DAY_START_NS = 1_780_012_800 * 1_000_000_000
@@ -272,23 +284,302 @@ ORDER BY end_ns
 
 def generate_spans(con: duckdb.DuckDBPyConnection, first: int, n_calls: int, spacing_ns: int) -> pa.Table:
     """Spans for calls first..first+n_calls-1, in SPAN_SCHEMA, ordered by end time (export order)."""
-    table = con.execute(
-        SPANS_SQL,
-        {"first": first, "n": n_calls, "day_start": DAY_START_NS, "spacing": spacing_ns},
-    ).to_arrow_table()
+    params = {"first": first, "n": n_calls, "day_start": DAY_START_NS, "spacing": spacing_ns}
+    table = con.sql(SPANS_SQL, params=params).to_arrow_table()
     return table.cast(SPAN_SCHEMA)
 
 
-def write_segments(table: pa.Table, data_dir: Path, rows_per_segment: int = 500_000, tag: str = "") -> int:
-    """Write `table` as Parquet segments under DIR/spans/date=.../, as ingest would. Returns files written."""
-    from pipeline.timeline import write_span_segments
+def _promote(con: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:
+    """Add the typed `minivoice` column, as the proposed ingest would (pipeline/schema.py)."""
+    from pipeline.facts import minivoice_from_json_sql
+    from pipeline.schema import MINIVOICE_COLUMN, MINIVOICE_TYPE
 
-    return write_span_segments(data_dir, table, rows_per_segment=rows_per_segment, tag=tag)
+    con.register("generated", table)
+    promoted = con.sql(
+        f"SELECT *, {minivoice_from_json_sql()} AS {MINIVOICE_COLUMN} FROM generated"
+    ).to_arrow_table()
+    con.unregister("generated")
+    column = promoted.schema.get_field_index(MINIVOICE_COLUMN)
+    return promoted.set_column(column, MINIVOICE_COLUMN, promoted[MINIVOICE_COLUMN].cast(MINIVOICE_TYPE))
 
 
-def run(n_calls: int, repeat: int, naive_calls: int | None, keep: Path | None) -> None:
-    """Generate, build, measure (written next)."""
-    raise SystemExit("bench/pipeline.py: measurement not written yet")
+def write_segments(data: DataDir, table: pa.Table, rows_per_segment: int = 300_000) -> int:
+    """Write rows as ingest does: segments per UTC date, atomically. Extra columns are kept."""
+    from pipeline.storage import new_file_name, partition_by_date, write_parquet_atomic
+
+    files = 0
+    for offset in range(0, table.num_rows, rows_per_segment):
+        for day, rows in partition_by_date(table.slice(offset, rows_per_segment)).items():
+            directory = data.partition_dir(day)
+            directory.mkdir(parents=True, exist_ok=True)
+            write_parquet_atomic(rows, directory / new_file_name(), fsync=False)
+            files += 1
+    return files
+
+
+def generate(data: DataDir, n_calls: int, *, promoted: bool, chunk: int = 50_000) -> int:
+    """Spans for `n_calls` calls spread over one day, written as segments. Returns the span count."""
+    spacing = 86_400_000_000_000 // n_calls
+    spans = 0
+    with duckdb.connect() as con:
+        for first in range(0, n_calls, chunk):
+            table = generate_spans(con, first, min(chunk, n_calls - first), spacing)
+            if promoted:
+                table = _promote(con, table)
+            spans += table.num_rows
+            write_segments(data, table)
+    return spans
+
+
+def late_batch(n_calls: int, size: int, salt: int, *, promoted: bool) -> pa.Table:
+    """About `size` new spans: 90% from new calls, 10% late webhook deliveries for existing calls."""
+    with duckdb.connect() as con:
+        spacing = 86_400_000_000_000 // n_calls
+        new_calls = int(size * 0.9 / 5.85)
+        fresh = generate_spans(con, n_calls + salt * new_calls, new_calls, spacing)
+        existing = generate_spans(con, (salt * 7919) % max(1, n_calls - size), size, spacing)
+        con.register("existing", existing)
+        late = con.sql(
+            "SELECT * REPLACE (printf('%016x', hash(span_id, 'late') | 1) AS span_id) FROM existing "
+            f"WHERE source = 'webhook' AND attributes LIKE '%call.completed%' LIMIT {size - fresh.num_rows}"
+        ).to_arrow_table()
+        batch = pa.concat_tables([fresh, late.cast(SPAN_SCHEMA)])
+        now = time.time_ns()
+        batch = batch.set_column(
+            batch.schema.get_field_index("ingested_at_ns"),
+            "ingested_at_ns",
+            pa.array([now] * batch.num_rows, pa.int64()),
+        )
+        return _promote(con, batch) if promoted else batch
+
+
+# ---- the references -------------------------------------------------------------------------
+
+FLOOR_TEMPLATE = """
+SELECT count(*), sum(hash(t)) FROM (
+    SELECT call_id, count(*) AS spans, min(start_ns), max(end_ns), max(ingested_at_ns), max(source),
+           max(span_id), max(trace_id), max(status_code), max(status_message), max(service_name),
+           max(len(events)), {extra}
+    FROM read_parquet({files}, union_by_name=true)
+    GROUP BY call_id
+) t
+"""
+
+
+def floor_sql(files: list[str], *, promoted: bool) -> str:
+    """The floor: a bare scan + GROUP BY call_id over the columns the build reads."""
+    from pipeline.schema import MINIVOICE_COLUMN, MINIVOICE_FIELDS
+
+    if promoted:
+        extra = ", ".join(
+            f"max(len({MINIVOICE_COLUMN}.{name}))"
+            if pa.types.is_list(t)
+            else f"max({MINIVOICE_COLUMN}.{name})"
+            for name, _, t in MINIVOICE_FIELDS
+        )
+    else:
+        extra = "max(length(attributes))"
+    listed = "[" + ", ".join(f"'{f}'" for f in files) + "]"
+    return FLOOR_TEMPLATE.format(extra=extra, files=listed)
+
+
+def naive(files: list[str], out: Path) -> tuple[int, int]:
+    """The script an engineer would write: read rows, group them in dicts, if/else, write the result."""
+    calls: dict[str, dict[str, Any]] = {}
+    spans = 0
+    for path in files:
+        table = pq.read_table(
+            path, columns=["call_id", "source", "start_ns", "end_ns", "attributes", "events"]
+        )
+        for row in table.to_pylist():
+            spans += 1
+            call_id = row["call_id"]
+            if call_id is None:
+                continue
+            attrs = json.loads(row["attributes"])
+            call = calls.setdefault(call_id, {"webhooks": defaultdict(int), "connections": 0, "frames": 0})
+            source = row["source"]
+            if source == "answer_url":
+                status = attrs.get("http.response.status_code")
+                ok = (
+                    status is not None
+                    and 200 <= status < 300
+                    and attrs.get("minivoice.answer_url.response_json", True)
+                    and attrs.get("minivoice.answer_url.latency_ms", 0) <= 5000
+                )
+                if ok and "answer_ok" not in call:
+                    call["answer_ok"] = attrs
+                elif not ok:
+                    call["answer_failed"] = attrs
+            elif source == "receiver":
+                call["connections"] += 1
+                call["frames"] += attrs.get("minivoice.media.frames", 0)
+                call["errors"] = call.get("errors", 0) + attrs.get("minivoice.errors", 0)
+                stopped = "minivoice.stop.reason" in attrs or any(e["name"] == "stop" for e in row["events"])
+                code = attrs.get("minivoice.close.code", 1006)
+                if not stopped and not (code == 1000 and attrs.get("minivoice.closed_by") == "platform"):
+                    call["dropped"] = attrs
+                call["connected_at"] = min(call.get("connected_at", row["start_ns"]), row["start_ns"])
+                call["disconnected_at"] = max(call.get("disconnected_at", row["end_ns"]), row["end_ns"])
+            elif source == "webhook":
+                event = attrs.get("minivoice.event")
+                call["webhooks"][event] += 1
+                if event == "call.completed":
+                    call["completed"] = attrs
+    results = []
+    for call_id, call in calls.items():
+        completed = call.get("completed")
+        if "answer_ok" not in call and "answer_failed" in call:
+            verdict = "answer_url_failed"
+        elif "answer_ok" in call and not call["answer_ok"].get("minivoice.action.valid", False):
+            problems = call["answer_ok"].get("minivoice.action.problems", [])
+            verdict = "no_stream" if problems == ["no_actions"] else "invalid_action"
+        elif "answer_ok" in call and call["connections"] == 0 and completed:
+            verdict = "stream_not_connected"
+        elif call["connections"] and call["frames"] == 0:
+            verdict = "no_media"
+        elif "dropped" in call:
+            verdict = "stream_dropped"
+        elif call.get("errors"):
+            verdict = "receiver_error"
+        elif completed is None:
+            verdict = "webhook_missing"
+        elif completed.get("minivoice.call.status") in ("failed", "busy", "no-answer", "canceled"):
+            verdict = "call_failed"
+        else:
+            verdict = "ok"
+        duplicates = sum(n - 1 for n in call["webhooks"].values() if n > 1)
+        results.append({"call_id": call_id, "verdict": verdict, "duplicate_webhooks": duplicates})
+    pq.write_table(pa.Table.from_pylist(results), out)
+    return spans, len(results)
+
+
+# ---- measuring -------------------------------------------------------------------------------
+
+
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _child(args: list[str], cpu: list[float] | None = None) -> tuple[float, str]:
+    started, cpu_before = time.perf_counter(), _cpu_children()
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if cpu is not None:
+        cpu.append(_cpu_children() - cpu_before)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:4])} failed:\n{result.stdout}\n{result.stderr}")
+    return elapsed, result.stdout
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def run(
+    n_calls: int, repeat: int, naive_calls: int | None, keep: Path | None, *, promoted: bool, batch: int
+) -> None:
+    """Generate, then measure build, floor, naive script and incremental updates; print the figures."""
+    root = keep or Path(tempfile.mkdtemp(prefix="callscope-bench-"))
+    data = DataDir(root / "data", fsync=False)
+    python = sys.executable
+    try:
+        if not data.has_segments():
+            started = time.perf_counter()
+            spans = generate(data, n_calls, promoted=promoted)
+            print(f"generated {spans:,} spans for {n_calls:,} calls in {time.perf_counter() - started:.1f} s")
+        files = [str(s.path) for s in data.segments()]
+        spans = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        size = sum(Path(f).stat().st_size for f in files)
+        print(
+            f"data: {spans:,} spans, {len(files)} segments, {size / 1e6:.0f} MB (promoted column: {promoted})"
+        )
+
+        # 1. the build, in a child process: wall time and peak RSS
+        build_times: list[float] = []
+        build_cpu: list[float] = []
+        for _ in range(repeat):
+            command = [python, "-m", "callscope", "build", "--data", str(data.path), "--full"]
+            elapsed, output = _child(command, build_cpu)
+            build_times.append(elapsed)
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(output.strip())
+
+        # 2. the floor, in a child process too (same interpreter start-up), and in-process
+        floor = floor_sql(files, promoted=promoted)
+        floor_code = f"import duckdb; duckdb.connect().sql({floor!r}).fetchall()"
+        floor_cpu: list[float] = []
+        floor_times = [_child([python, "-c", floor_code], floor_cpu)[0] for _ in range(repeat)]
+        with duckdb.connect() as con:
+            in_process = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                con.sql(floor).fetchall()
+                in_process.append(time.perf_counter() - started)
+
+        # 3. the straightforward script, on a subset when asked (it is linear in spans)
+        subset = files
+        if naive_calls is not None and naive_calls < n_calls:
+            subset = files[: max(1, round(len(files) * naive_calls / n_calls))]
+        subset_spans = sum(pq.ParquetFile(f).metadata.num_rows for f in subset)
+        started = time.perf_counter()
+        naive(subset, root / "naive.parquet")
+        naive_time = (time.perf_counter() - started) * spans / subset_spans
+
+        # 4. incremental: ~10k new spans over the built calls
+        from pipeline.timeline import Timeline
+
+        step_times, step_spans = [], []
+        with Timeline(data) as timeline:
+            timeline.step()  # open the state
+            for i in range(repeat):
+                write_segments(data, late_batch(n_calls, batch, i + 1, promoted=promoted))
+                started = time.perf_counter()
+                summary = timeline.step()
+                step_times.append(time.perf_counter() - started)
+                step_spans.append(summary.spans)
+        write_segments(data, late_batch(n_calls, batch, repeat + 1, promoted=promoted))
+        oneshot, _ = _child([python, "-m", "callscope", "build", "--data", str(data.path), "-q"])
+
+        build = _median(build_times)
+        floor_child = _median(floor_times)
+        print()
+        print(
+            f"build (callscope build --full, child process) median of {repeat}: {build:.2f} s "
+            f"[{', '.join(f'{t:.2f}' for t in build_times)}]"
+        )
+        print(f"peak RSS of the child processes: {peak_rss_mb:,.0f} MB")
+        print(
+            f"CPU time (user+sys, all threads), medians: build {_median(build_cpu):.1f} s, "
+            f"floor {_median(floor_cpu):.1f} s; ratio {_median(build_cpu) / _median(floor_cpu):.2f}x "
+            f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        )
+        print(
+            f"floor (DuckDB scan + GROUP BY call_id, same columns): child {floor_child:.2f} s, "
+            f"in-process {_median(in_process):.2f} s"
+        )
+        naive_note = "" if subset is files else f" (measured on {subset_spans:,} spans, scaled)"
+        print(f"straightforward Python script: {naive_time:.1f} s{naive_note}")
+        print(
+            f"incremental step (--follow, in-process) of ~{batch:,} spans: "
+            f"median {_median(step_times):.3f} s "
+            f"[{', '.join(f'{t:.3f}' for t in step_times)}], spans applied {step_spans}"
+        )
+        print(f"incremental one-shot `callscope build` (child process, with start-up): {oneshot:.2f} s")
+        print()
+        print("targets (issue 4):")
+        print(f"  1M calls <= 10 s: {build:.2f} s for {n_calls:,} calls")
+        print(f"  peak RSS <= 2 GB: {peak_rss_mb:,.0f} MB")
+        print(
+            f"  <= 3x the floor: {build / floor_child:.2f}x (child vs child), "
+            f"{build / _median(in_process):.2f}x (vs in-process query)"
+        )
+        print(f"  >= 30x faster than the straightforward script: {naive_time / build:.1f}x")
+        print(f"  incremental 10k spans <= 0.5 s: {_median(step_times):.3f} s")
+    finally:
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -301,9 +592,15 @@ def main() -> None:
     parser.add_argument(
         "--naive-calls", type=int, default=None, help="calls for the naive script (default: all)"
     )
-    parser.add_argument("--keep", type=Path, default=None, help="keep the generated data dir here")
+    parser.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the data dir here")
+    parser.add_argument(
+        "--json-only",
+        action="store_true",
+        help="segments without the promoted `minivoice` column (today's ingest): JSON parsed at build",
+    )
+    parser.add_argument("--batch", type=int, default=10_000, help="spans per incremental update")
     args = parser.parse_args()
-    run(args.calls, args.repeat, args.naive_calls, args.keep)
+    run(args.calls, args.repeat, args.naive_calls, args.keep, promoted=not args.json_only, batch=args.batch)
 
 
 if __name__ == "__main__":

@@ -146,22 +146,40 @@ class FactsConfig:
     answer_url_timeout_ms: int = 5000
 
 
-ALL = "all"
-#: The groups facts are aggregated in: every span of the call, then one group per source, so each
-#: span only feeds the aggregates of its own source.
-GROUPS = (ALL, ANSWER_URL, RECEIVER, WEBHOOK)
+OTHER = "other"
+EVERY = "*"
+#: The groups facts are aggregated in, one per source (plus spans of any other source), so each
+#: span only feeds the aggregates of its own source. A fact of group EVERY is computed in each
+#: group and combined (`Fact.combine`).
+GROUPS = (ANSWER_URL, RECEIVER, WEBHOOK, OTHER)
 
 
 @dataclass(frozen=True, slots=True)
 class Fact:
-    """One per-call fact: its aggregate over the span rows of its group (a source, or all spans),
-    how two facts rows of a call merge, and its value when the group has no span (counts: 0)."""
+    """One per-call fact: its aggregate over the span rows of its group (a source, or EVERY group),
+    how two facts rows of a call merge, its value when the group has no span (counts: 0), and for
+    EVERY-group facts how the groups' values combine (`sum`, `greatest`, `least`, `concat`)."""
 
     name: str
     group: str
-    over_spans: str
+    fn: str
+    expr: str
+    where: str | None
     merge: str
     empty: str | None = None
+    combine: str | None = None
+
+    @property
+    def over_spans(self) -> str:
+        """The aggregate over the group's span rows."""
+        filtered = f" FILTER (WHERE {self.where})" if self.where else ""
+        if self.fn == "count":
+            return f"count(*){filtered}"
+        if self.fn == "sum":
+            return f"CAST(sum({self.expr}){filtered} AS BIGINT)"
+        if self.fn == "list_distinct":
+            return f"list_distinct(list({self.expr}){filtered})"
+        return f"{self.fn}({self.expr}){filtered}"
 
 
 def _conditions(config: FactsConfig) -> dict[str, str]:
@@ -197,30 +215,27 @@ def facts(config: FactsConfig) -> list[Fact]:
 
     def count(name: str, group: str, where: str | None = None) -> Fact:
         # sum() of BIGINT is HUGEINT in DuckDB: keep counts BIGINT through merges.
-        over = "count(*)" + (f" FILTER (WHERE {where})" if where else "")
-        return Fact(name, group, over, f"CAST(sum({name}) AS BIGINT)", "0")
+        return Fact(name, group, "count", "*", where, f"CAST(sum({name}) AS BIGINT)", "0", "sum")
 
     def agg(name: str, group: str, fn: str, expr: str, where: str | None = None) -> Fact:
-        filtered = f" FILTER (WHERE {where})" if where else ""
         if fn == "sum":
-            return Fact(
-                name, group, f"CAST(sum({expr}){filtered} AS BIGINT)", f"CAST(sum({name}) AS BIGINT)", "0"
-            )
-        return Fact(name, group, f"{fn}({expr}){filtered}", f"{fn}({name})")
+            return Fact(name, group, fn, expr, where, f"CAST(sum({name}) AS BIGINT)", "0", "sum")
+        combine = {"max": "greatest", "min": "least"}.get(fn)
+        return Fact(name, group, fn, expr, where, f"{fn}({name})", None, combine)
 
     au, rx, wh = ANSWER_URL, RECEIVER, WEBHOOK
     return [
         # the call as a whole
-        count("span_count", ALL),
-        Fact("span_keys", ALL, "list(span_key)", "flatten(list(span_keys))"),
-        agg("last_ingested_ns", ALL, "max", "ingested_at_ns"),
-        agg("customer_id", ALL, "max", "mv.customer_id"),
-        agg("application_id", ALL, "max", "mv.application_id"),
-        agg("direction", ALL, "max", "mv.direction"),
-        agg("from_masked", ALL, "max", "mv.from_masked"),
-        agg("to_masked", ALL, "max", "mv.to_masked"),
-        agg("from_hash", ALL, "max", "mv.from_hash"),
-        agg("to_hash", ALL, "max", "mv.to_hash"),
+        count("span_count", EVERY),
+        Fact("span_keys", EVERY, "list", "span_key", None, "flatten(list(span_keys))", None, "concat"),
+        agg("last_ingested_ns", EVERY, "max", "ingested_at_ns"),
+        agg("customer_id", EVERY, "max", "mv.customer_id"),
+        agg("application_id", EVERY, "max", "mv.application_id"),
+        agg("direction", EVERY, "max", "mv.direction"),
+        agg("from_masked", EVERY, "max", "mv.from_masked"),
+        agg("to_masked", EVERY, "max", "mv.to_masked"),
+        agg("from_hash", EVERY, "max", "mv.from_hash"),
+        agg("to_hash", EVERY, "max", "mv.to_hash"),
         # 1. answer_url: the first request that MiniVoice could use, and the last that failed
         count("au_requests", au),
         count("au_failures", au, c["AU_FAILED"]),
@@ -302,7 +317,9 @@ def facts(config: FactsConfig) -> list[Fact]:
         Fact(
             "wh_other_events",
             wh,
-            f"list_distinct(list(mv.event) FILTER (WHERE {wh_event} AND mv.event NOT IN {KNOWN_EVENTS!r}))",
+            "list_distinct",
+            "mv.event",
+            f"{wh_event} AND mv.event NOT IN {KNOWN_EVENTS!r}",
             "list_distinct(flatten(list(wh_other_events)))",
         ),
         agg(
@@ -322,26 +339,48 @@ def facts(config: FactsConfig) -> list[Fact]:
     ]
 
 
+def _combined(fact: Fact) -> str:
+    parts = [f"g_{group}.{fact.name}" for group in GROUPS]
+    if fact.combine == "sum":
+        return " + ".join(f"coalesce({p}, 0)" for p in parts)
+    if fact.combine == "concat":
+        return "flatten([" + ", ".join(f"coalesce({p}, [])" for p in parts) + "])"
+    return f"{fact.combine}({', '.join(parts)})"  # greatest/least skip NULLs
+
+
 def call_facts_sql(span_rows: str, config: FactsConfig) -> str:
     """SQL: one facts row per call id (spans without a call id are left out: see unattributed).
 
-    Each group is aggregated over its own spans (`span_rows` is read once per group: a Parquet
+    Each source's spans are aggregated on their own (`span_rows` is read once per group: a Parquet
     scan pushes the source filter down), then the groups are joined on the call id.
     """
     all_facts = facts(config)
+    known = ", ".join(f"'{g}'" for g in GROUPS if g != OTHER)
     ctes = []
     for group in GROUPS:
-        columns = ",\n           ".join(f"{f.over_spans} AS {f.name}" for f in all_facts if f.group == group)
-        where = "call_id IS NOT NULL" + ("" if group == ALL else f" AND source = '{group}'")
+        columns = ",\n           ".join(
+            f"{f.over_spans} AS {f.name}" for f in all_facts if f.group in (group, EVERY)
+        )
+        where = f"(source IS NULL OR source NOT IN ({known}))" if group == OTHER else f"source = '{group}'"
         ctes.append(
             f"g_{group} AS (\n    SELECT call_id,\n           {columns}\n    FROM {span_rows}\n"
-            f"    WHERE {where}\n    GROUP BY call_id\n)"
+            f"    WHERE call_id IS NOT NULL AND {where}\n    GROUP BY call_id\n)"
         )
-    outputs = ",\n       ".join(
-        f"coalesce({f.name}, {f.empty}) AS {f.name}" if f.empty is not None else f.name for f in all_facts
+    outputs = []
+    for f in all_facts:
+        value = _combined(f) if f.group == EVERY else f.name
+        outputs.append(
+            f"coalesce({value}, {f.empty}) AS {f.name}" if f.empty is not None else f"{value} AS {f.name}"
+        )
+    keys = "coalesce(" + ", ".join(f"g_{group}.call_id" for group in GROUPS) + ")"
+    joins = " ".join(
+        f"FULL JOIN g_{group} ON g_{group}.call_id = coalesce("
+        + ", ".join(f"g_{g}.call_id" for g in GROUPS[:i])
+        + ")"
+        for i, group in enumerate(GROUPS[1:], start=1)
     )
-    joins = " ".join(f"LEFT JOIN g_{group} USING (call_id)" for group in GROUPS[1:])
-    return f"WITH {', '.join(ctes)}\nSELECT call_id,\n       {outputs}\nFROM g_{ALL} {joins}"
+    columns = ",\n       ".join(outputs)
+    return f"WITH {', '.join(ctes)}\nSELECT {keys} AS call_id,\n       {columns}\nFROM g_{GROUPS[0]} {joins}"
 
 
 def merge_facts_sql(facts_rows: str, config: FactsConfig) -> str:

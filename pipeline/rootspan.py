@@ -26,11 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
 from callscope import __version__
 from pipeline.schema import SPAN_SCHEMA
-from pipeline.storage import DataDir
+from pipeline.storage import DataDir, utc_day
 
 if TYPE_CHECKING:
     import duckdb
@@ -171,11 +169,28 @@ class RootSpanEmitter:
         self._failed_at: dict[str, float] = {}
 
     def store(self, con: duckdb.DuckDBPyConnection, pending: str, ingested_at_ns: int) -> list[Path]:
-        """Write the root spans of `pending` (a relation of verdicts rows) as span segments."""
-        table: pa.Table = con.sql(root_rows_sql(pending, ingested_at_ns, self.host_name)).to_arrow_table()
-        if not table.num_rows:
-            return []
-        return self.data.write_segment(table.cast(SPAN_SCHEMA), prefix="root")
+        """Write the root spans of `pending` (a relation of verdicts rows) as span segments.
+
+        One segment per UTC date of the span's start, like ingest's; written by DuckDB straight
+        from the query (a first build may finalise a million calls at once).
+        """
+        from pipeline.storage import NS_PER_DAY, new_file_name
+        from pipeline.timeline import copy_atomic
+
+        rows = f"({root_rows_sql(pending, ingested_at_ns, self.host_name)})"
+        days = [d for (d,) in con.execute(f"SELECT DISTINCT start_ns // {NS_PER_DAY} FROM {rows}").fetchall()]
+        paths = []
+        name = new_file_name("root")
+        columns = ", ".join(f'"{c}"' for c in SPAN_SCHEMA.names)
+        for day in sorted(days):
+            directory = self.data.partition_dir(utc_day(day * NS_PER_DAY))
+            directory.mkdir(parents=True, exist_ok=True)
+            query = f"SELECT {columns} FROM {rows} WHERE start_ns // {NS_PER_DAY} = {day}"
+            with self.data.partition_lock(exclusive=False):
+                paths.append(copy_atomic(con, query, directory / name, fsync=self.data.fsync))
+        if paths:
+            self.data.refresh_views_if_changed()
+        return paths
 
     def export(self, rows: Sequence[dict[str, Any]]) -> ExportOutcome:
         """Send root spans to every endpoint; a call counts as exported when all endpoints took it."""

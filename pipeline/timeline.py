@@ -69,6 +69,8 @@ DEFAULT_MARGIN_NS = 10 * 60 * 1_000_000_000
 DELTA_ROWS_MIN = 200_000
 DELTA_FILES_MAX = 64
 ROW_GROUP_SIZE = 131_072
+#: DuckDB's memory for a build; beyond it, it spills to DIR/_timeline/tmp (default 80% of RAM).
+DEFAULT_MEMORY_LIMIT = "1GB"
 
 
 class TimelineError(RuntimeError):
@@ -117,6 +119,32 @@ class BuildSummary:
         return out
 
 
+def copy_atomic(con: duckdb.DuckDBPyConnection, query: str, path: Path, *, fsync: bool = True) -> Path:
+    """COPY a query's rows to a Parquet file atomically: a hidden temp name in the same directory
+    (no view's glob matches it), fsync, rename, fsync of the directory. DuckDB writes it in
+    parallel and streams it: the rows never pass through Python."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        con.execute(
+            f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION {COMPRESSION}, "
+            f"ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+        )
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+    return path
+
+
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
     """The first column of the first row (None without rows). Reads the result to its end, which
     DuckDB requires before the connection runs anything else."""
@@ -162,7 +190,7 @@ class Timeline:
         *,
         emitter: RootSpanEmitter | None = None,
         margin_ns: int = DEFAULT_MARGIN_NS,
-        memory_limit: str | None = None,
+        memory_limit: str | None = DEFAULT_MEMORY_LIMIT,
         threads: int | None = None,
     ) -> None:
         self.data = data
@@ -599,28 +627,7 @@ class Timeline:
 
     def _write(self, con: duckdb.DuckDBPyConnection, table: str, name: str, query: str) -> Path:
         """COPY a query's rows to `DIR/<table>/<name>` atomically (hidden temp name, fsync, rename)."""
-        directory = self.data.table_dir(table)
-        path = directory / name
-        tmp = directory / f".{name}.tmp"
-        try:
-            con.execute(
-                f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION {COMPRESSION}, "
-                f"ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
-            )
-            if self.data.fsync:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        if self.data.fsync:
-            fsync_dir(directory)
-        return path
+        return copy_atomic(con, query, self.data.table_dir(table) / name, fsync=self.data.fsync)
 
     def _set_meta(self, con: duckdb.DuckDBPyConnection, *, seq: int, watermark: int) -> None:
         con.execute("DELETE FROM meta")
