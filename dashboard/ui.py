@@ -167,30 +167,6 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def verdict_badge(verdict: str | None) -> str:
-    """Markdown for a verdict in its colour."""
-    name = verdict or "unknown"
-    colour = VERDICT_COLOURS.get(name, "#334155")
-    return f":{_markdown_colour(colour)}-badge[{name}]"
-
-
-def _markdown_colour(colour: str) -> str:
-    # st.markdown's badge colours are named; map our palette to the nearest name.
-    return {
-        "#991b1b": "red",
-        "#dc2626": "red",
-        "#ea580c": "orange",
-        "#d97706": "orange",
-        "#c026d3": "violet",
-        "#7c3aed": "violet",
-        "#0e7490": "blue",
-        "#475569": "gray",
-        "#16a34a": "green",
-        "#9ca3af": "gray",
-        "#2563eb": "blue",
-    }.get(colour, "gray")
-
-
 def how_to_get_data(data_dir: str) -> str:
     """Markdown shown on an empty data directory: how to fill it."""
     return f"""
