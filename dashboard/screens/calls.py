@@ -27,7 +27,16 @@ with ui.connection() as con:
 if page.note:
     st.warning(page.note, icon=":material/key:")
 if page.total == 0:
-    st.info(f"No calls match in the {range_label.lower()}. Widen the time range or clear the filters.")
+    with ui.connection() as con:
+        summary = q.data_summary(con)
+    if summary.empty:
+        st.info(ui.how_to_get_data(str(settings.data_dir)), icon=":material/info:")
+    else:
+        latest = f"{summary.last_seen:%Y-%m-%d %H:%M} UTC" if summary.last_seen else "unknown"
+        st.info(
+            f"No calls match in the {range_label.lower()}. Widen the time range or clear the filters "
+            f"(the data directory holds {summary.calls:,} calls; the latest was first seen at {latest})."
+        )
     st.stop()
 
 shown = page.rows.height
