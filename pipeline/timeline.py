@@ -202,6 +202,7 @@ class Timeline:
         self.threads = threads
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock_fd: int | None = None
+        self._root_backlog = True
 
     # ---- paths and connection --------------------------------------------------------------
 
@@ -368,6 +369,7 @@ class Timeline:
             raise TimelineError(f"the build state {self.state_path} just written cannot be read back")
         summary.calls_total = self._count(state, "verdicts")
         summary.unattributed_total = self._count(state, "unattributed_keys")
+        self._root_backlog = True
         self._emit_root_spans(state, summary)
         summary.seconds = time.perf_counter() - started
         return summary
@@ -478,6 +480,7 @@ class Timeline:
         watermark = self._meta_int(con, "watermark")
         for name in (
             "batch",
+            "touched_facts",
             "batch_u",
             "batch_facts",
             "merged",
@@ -495,13 +498,15 @@ class Timeline:
             con.execute(f"CREATE TEMP TABLE batch AS {rows_sql}")
             read = self._count(con, "batch")
             batch_max = _scalar(con, "SELECT max(ingested_at_ns) FROM batch")
-            # Already counted: the span key is among the stored keys of its call.
+            # The stored facts of the calls the batch touches: read once (the facts table is wide).
             con.execute(
-                "DELETE FROM batch WHERE call_id IS NOT NULL AND span_key IN ("
-                "SELECT unnest(span_keys) FROM facts WHERE call_id IN (SELECT DISTINCT call_id FROM batch))"
+                "CREATE TEMP TABLE touched_facts AS "
+                "SELECT * FROM facts WHERE call_id IN (SELECT DISTINCT call_id FROM batch)"
             )
+            # Already counted (the span key is among the stored keys of its call), or twice in the batch.
             con.execute(
-                "CREATE TEMP TABLE batch_u AS SELECT * FROM batch QUALIFY row_number() OVER "
+                "CREATE TEMP TABLE batch_u AS SELECT * FROM batch WHERE call_id IS NULL OR span_key NOT IN "
+                "(SELECT unnest(span_keys) FROM touched_facts) QUALIFY row_number() OVER "
                 "(PARTITION BY span_key ORDER BY ingested_at_ns, end_ns DESC) = 1"
             )
             kept = self._count(con, "batch_u")
@@ -513,7 +518,7 @@ class Timeline:
             con.execute(
                 "CREATE TEMP TABLE merged AS "
                 + facts_mod.merge_facts_sql(
-                    "(SELECT * FROM facts WHERE call_id IN (SELECT call_id FROM batch_facts) "
+                    "(SELECT * FROM touched_facts WHERE call_id IN (SELECT call_id FROM batch_facts) "
                     "UNION ALL BY NAME SELECT * FROM batch_facts)",
                     self.facts_config,
                 )
@@ -569,7 +574,7 @@ class Timeline:
         self.data.refresh_views_if_changed()
         summary.calls_total = self._count(con, "verdicts")
         summary.unattributed_total = self._count(con, "unattributed_keys")
-        self._emit_root_spans(con, summary)
+        self._emit_root_spans(con, summary, touched="calls_out")
         self._maybe_consolidate(con)
         summary.seconds = time.perf_counter() - started
         return summary
@@ -724,13 +729,28 @@ class Timeline:
 
     # ---- root spans ------------------------------------------------------------------------
 
-    def _emit_root_spans(self, con: duckdb.DuckDBPyConnection, summary: BuildSummary) -> None:
-        """Emit `minivoice.call` for final calls whose verdict was not emitted yet, or changed."""
+    def _emit_root_spans(
+        self, con: duckdb.DuckDBPyConnection, summary: BuildSummary, touched: str | None = None
+    ) -> None:
+        """Emit `minivoice.call` for final calls whose verdict was not emitted yet, or changed.
+
+        `touched` (a relation with a call_id column) limits the check to the calls a step
+        re-evaluated; every call is checked on a full build, on the first step of a process (a
+        crash may have come between a commit and an emission) and after a failed export.
+        """
         from pipeline.rootspan import RootSpanEmitter
 
         emitter = self.emitter or RootSpanEmitter(self.data)
+        if self._root_backlog:
+            touched = None
+        elif touched is None:
+            return
+        # The touched calls' rows are in calls_out (the step's evaluation): no scan of all verdicts.
+        verdicts = "verdicts" if touched is None else f"({self._verdicts_select()})"
+        narrow = "" if touched is None else f" WHERE call_id IN (SELECT call_id FROM {touched})"
+        self._root_backlog = False
         pending_store = (
-            "(SELECT v.* FROM verdicts v LEFT JOIN root_stored r USING (call_id) "
+            f"(SELECT v.* FROM {verdicts} v LEFT JOIN (SELECT * FROM root_stored{narrow}) r USING (call_id) "
             "WHERE v.is_final AND r.verdict IS DISTINCT FROM v.verdict)"
         )
         con.execute(f"CREATE OR REPLACE TEMP TABLE root_pending AS SELECT * FROM {pending_store}")
@@ -745,8 +765,8 @@ class Timeline:
             return
         rows = (
             con.sql(
-                "SELECT v.* FROM verdicts v LEFT JOIN root_exported r USING (call_id) "
-                "WHERE v.is_final AND r.verdict IS DISTINCT FROM v.verdict"
+                f"SELECT v.* FROM {verdicts} v LEFT JOIN (SELECT * FROM root_exported{narrow}) r "
+                "USING (call_id) WHERE v.is_final AND r.verdict IS DISTINCT FROM v.verdict"
             )
             .to_arrow_table()
             .to_pylist()
@@ -755,6 +775,8 @@ class Timeline:
             return
         outcome = emitter.export(rows)
         summary.root_span_errors.extend(outcome.errors)
+        if len(outcome.exported) < len(rows):
+            self._root_backlog = True  # retry every pending call at a later step
         if outcome.exported:
             verdicts = {row["call_id"]: row["verdict"] for row in rows}
             con.execute(
