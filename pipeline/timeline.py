@@ -215,8 +215,15 @@ class Timeline:
         return self.state_dir / STATE_DB
 
     def _config_key(self) -> str:
-        # Facts and stored timeline points depend on the answer_url timeout; the rest only on verdicts.
-        return f"{STATE_FORMAT}:timeout={self.config.answer_url_timeout_ms}"
+        """What stored facts and timeline points depend on: the state format, the answer_url
+        timeout, and the facts' own definitions (a new version of them means a full rebuild)."""
+        import hashlib
+
+        definitions = facts_mod.call_facts_sql("span_rows", self.facts_config) + call_events_sql(
+            "span_rows", self.config
+        )
+        digest = hashlib.sha256(definitions.encode()).hexdigest()[:16]
+        return f"{STATE_FORMAT}:timeout={self.config.answer_url_timeout_ms}:facts={digest}"
 
     def _lock(self) -> None:
         """Hold `_timeline/.lock` (flock) while this builder works: one builder per data dir."""
