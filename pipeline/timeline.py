@@ -154,7 +154,8 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None =
 
 def _split_by_minivoice_column(paths: list[str]) -> tuple[list[str], list[str]]:
     """Segments with the promoted `minivoice` column, and those without (their rows parse JSON)."""
-    typed, untyped = [], []
+    typed: list[str] = []
+    untyped: list[str] = []
     for path in paths:
         (typed if MINIVOICE_COLUMN in pq.read_schema(path).names else untyped).append(path)
     return typed, untyped
@@ -785,11 +786,11 @@ class Timeline:
         if len(outcome.exported) < len(rows):
             self._root_backlog = True  # retry every pending call at a later step
         if outcome.exported:
-            verdicts = {row["call_id"]: row["verdict"] for row in rows}
+            sent = {row["call_id"]: row["verdict"] for row in rows}
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE just_exported AS SELECT unnest(?::VARCHAR[]) AS call_id, "
                 "unnest(?::VARCHAR[]) AS verdict",
-                [outcome.exported, [verdicts[c] for c in outcome.exported]],
+                [outcome.exported, [sent[c] for c in outcome.exported]],
             )
             self._record(con, "root_exported", "SELECT * FROM just_exported")
 
