@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import streamlit as st
 
@@ -88,17 +88,47 @@ def connection() -> Iterator[duckdb.DuckDBPyConnection]:
 
     A cursor of the shared connection: its own session (time zone, temporary tables), the same views.
     """
-    cursor = _views(str(settings().data_dir)).cursor()
+    import duckdb
+
+    try:
+        cursor = _views(str(settings().data_dir)).cursor()
+    except duckdb.Error as exc:  # defining the views reads each table's Parquet schema
+        _unreadable(exc)
     try:
         cursor.execute("SET TimeZone = 'UTC'")
         yield cursor
+    except duckdb.Error as exc:
+        _unreadable(exc)
     finally:
         cursor.close()
 
 
-@st.cache_data(ttl=60, show_spinner=False)
+def _unreadable(exc: Exception) -> NoReturn:
+    """Say plainly that the data directory could not be read, and stop this run."""
+    # A file renamed away by compaction between the glob and the read, a truncated file, a table
+    # written by another version: a sentence, not a traceback. Forget the views: they are re-made.
+    _views.clear()
+    st.error(
+        f"Could not read the data directory `{settings().data_dir}`: {exc}\n\n"
+        "If a build or a compaction is running, reload in a few seconds.",
+        icon=":material/error:",
+    )
+    st.stop()
+
+
 def filter_options(data_dir: str) -> FilterOptions:
-    """The sidebar's choices: one pass over `calls`, kept a minute (new values are rare)."""
+    """The sidebar's choices (none when the data directory cannot be read: the page says why)."""
+    import duckdb
+
+    try:
+        return _filter_options(data_dir)
+    except duckdb.Error:
+        return FilterOptions()
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _filter_options(data_dir: str) -> FilterOptions:
+    """One pass over `calls`, kept a minute (new values are rare)."""
     from pipeline.dashboard_queries import filter_options as query
     from pipeline.dashboard_queries import open_views
 

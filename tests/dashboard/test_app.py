@@ -295,3 +295,15 @@ def test_sql_page_reports_a_bad_query(app: AppTest) -> None:
     at.button(key="sql_run").click().run()
     errors = [e.value for e in _ok(at).error]
     assert errors and "The query failed" in errors[0] and "no_such_column" in errors[0]
+
+
+def test_an_unreadable_data_dir_is_a_plain_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.storage import DataDir
+
+    data = DataDir(tmp_path / "data")
+    (data.table_dir("calls") / "base-000001.parquet").write_bytes(b"not parquet at all")  # truncated
+    monkeypatch.setenv("CALLSCOPE_DATA", str(data.path))
+    at = _ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
+    errors = [e.value for e in at.error]
+    assert errors and "Could not read the data directory" in errors[0]
+    assert "reload in a few seconds" in errors[0]
