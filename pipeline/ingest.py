@@ -82,6 +82,8 @@ class IngestOptions:
     wal_file_age_s: float = 2.0
     #: Worker processes that decode WAL files into segments (0: a thread of the ingest process).
     roll_processes: int = 0
+    #: Seconds between attempts to roll a WAL file whose roll-up failed (a full disk, say).
+    roll_retry_s: float = 5.0
     #: Seconds between background compactions (pipeline.compaction); 0 turns them off.
     compact_interval_s: float = 0.0
 
@@ -127,7 +129,9 @@ class IngestService:
                 sum(r.spans for r in replayed),
             )
         self.data.refresh_views_if_changed()
-        self._roller = Roller(self.data, processes=self.options.roll_processes)
+        self._roller = Roller(
+            self.data, processes=self.options.roll_processes, retry_s=self.options.roll_retry_s
+        )
         self._wal = WriteAheadLog(
             self.data.wal_dir,
             on_sealed=self._roller.submit,
@@ -199,6 +203,7 @@ class IngestService:
             "inflight_bytes": self.inflight_bytes,
             "rolled_spans": roller.rolled_spans if roller else 0,
             "roll_failures": roller.failures if roller else 0,
+            "wal_files_waiting_retry": roller.waiting_retry if roller else 0,
             "wal_fsyncs": self._wal.fsyncs if self._wal else 0,
             "compactions": self.compactions,
         }

@@ -7,7 +7,9 @@ written but before the WAL file was deleted, or two processes replaying at once)
 files instead of duplicating rows: acknowledged spans are stored exactly once.
 
 `Roller` is the background worker ingest uses: a thread that rolls sealed files in order, either
-itself or in a worker process (`processes=1`) so decoding uses a second core.
+itself or in a worker process (`processes=1`) so decoding uses a second core. A file whose roll-up
+fails (a full disk, an I/O error) stays in the log and is tried again every `retry_s` seconds, so
+its acknowledged spans reach the segments once the disk recovers, without a restart.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,9 @@ from pipeline.storage import DataDir, fsync_dir
 from pipeline.wal import claimed, read_records, wal_files
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between attempts to roll a WAL file whose roll-up failed.
+RETRY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,23 +94,50 @@ def replay(data: DataDir) -> list[RollResult]:
     return results
 
 
+def _exit_with_parent() -> None:
+    """Pool worker initializer: exit as soon as the ingest process is gone, even after a kill -9.
+
+    A spawn worker holds both ends of its call queue, so it never sees EOF when its parent dies;
+    without this watch it (and multiprocessing's resource tracker) would outlive a killed ingest.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="callscope-parent-watch", daemon=True).start()
+
+
 class Roller:
     """Background roll-up of sealed WAL files into segments, in sealing order."""
 
-    def __init__(self, data: DataDir, *, processes: int = 0) -> None:
+    def __init__(self, data: DataDir, *, processes: int = 0, retry_s: float = RETRY_S) -> None:
         self.data = data
+        self.retry_s = retry_s
         self._queue: queue.Queue[tuple[Path, int] | None] = queue.Queue()
         self._pool: ProcessPoolExecutor | None = None
         if processes > 0:
             # spawn: forking a process that runs an event loop and threads is unsafe.
-            self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                processes, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent
+            )
         self._lock = threading.Lock()
         self.backlog_bytes = 0
         self.rolled_spans = 0
         self.rolled_files = 0
         self.failures = 0
+        #: WAL files whose roll-up failed, tried again at `_retry_at` (roller thread only).
+        self._failed: set[Path] = set()
+        self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name="callscope-rollup", daemon=True)
         self._thread.start()
+
+    @property
+    def waiting_retry(self) -> int:
+        """WAL files whose roll-up failed and will be tried again."""
+        return len(self._failed)
 
     def submit(self, wal_path: Path) -> None:
         """Queue a sealed WAL file."""
@@ -117,7 +150,7 @@ class Roller:
         self._queue.put((wal_path, size))
 
     def close(self) -> None:
-        """Roll everything queued, then stop."""
+        """Roll everything queued (and once more what failed), then stop."""
         self._queue.put(None)
         self._thread.join()
         if self._pool is not None:
@@ -125,23 +158,56 @@ class Roller:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            path, size = item
+            timeout = max(0.0, self._retry_at - time.monotonic()) if self._failed else None
             try:
-                if self._pool is not None:
-                    result = self._pool.submit(roll_wal_file, str(self.data.path), str(path), self.data.fsync)
-                    rolled = result.result()
-                else:
-                    rolled = roll_wal_file(str(self.data.path), str(path), self.data.fsync)
-                self.rolled_spans += rolled.spans
-                self.rolled_files += 1
-                if rolled.segments:
-                    self.data.refresh_views_if_changed()
-            except Exception:  # the WAL file stays; it is replayed at the next start. Keep serving.
-                self.failures += 1
-                logger.exception("rolling %s into segments failed; it will be replayed at restart", path)
-            finally:
-                with self._lock:
-                    self.backlog_bytes -= size
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                pass  # time to retry what failed
+            else:
+                if item is None:
+                    self._retry_failed()  # a last try; what still fails is replayed at the next start
+                    return
+                self._roll(*item)
+            if self._failed and time.monotonic() >= self._retry_at:
+                self._retry_failed()
+
+    def _retry_failed(self) -> None:
+        for path in sorted(self._failed):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:  # rolled by another process (a replay) meanwhile
+                self._failed.discard(path)
+                continue
+            with self._lock:
+                self.backlog_bytes += size
+            self._roll(path, size)
+        self._retry_at = time.monotonic() + self.retry_s
+
+    def _roll(self, path: Path, size: int) -> None:
+        try:
+            if self._pool is not None:
+                result = self._pool.submit(roll_wal_file, str(self.data.path), str(path), self.data.fsync)
+                rolled = result.result()
+            else:
+                rolled = roll_wal_file(str(self.data.path), str(path), self.data.fsync)
+            self._failed.discard(path)
+            self.rolled_spans += rolled.spans
+            self.rolled_files += 1
+            if rolled.segments:
+                self.data.refresh_views_if_changed()
+        except Exception as exc:  # the WAL file stays and is tried again; keep serving
+            self.failures += 1
+            if path in self._failed:
+                logger.warning("rolling %s into segments failed again: %s", path, exc)
+            else:
+                if not self._failed:
+                    self._retry_at = time.monotonic() + self.retry_s
+                self._failed.add(path)
+                logger.exception(
+                    "rolling %s into segments failed; trying again every %g s (and at restart)",
+                    path,
+                    self.retry_s,
+                )
+        finally:
+            with self._lock:
+                self.backlog_bytes -= size
