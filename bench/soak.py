@@ -157,6 +157,7 @@ class SoakReport:
     spans: dict[str, Any] = field(default_factory=dict)
     faults: list[dict[str, Any]] = field(default_factory=list)
     rss_mb: dict[str, dict[str, float]] = field(default_factory=dict)
+    rss_series: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     latency_ms: dict[str, Any] = field(default_factory=dict)
     collectors: dict[str, int] = field(default_factory=dict)
     processes: dict[str, Any] = field(default_factory=dict)
@@ -200,9 +201,11 @@ class SoakReport:
         )
         out.append("collectors.stats(): " + ", ".join(f"{k}={self.collectors.get(k, 0)}" for k in keys))
         base = self.latency_ms.get("baseline", {})
+        served = self.latency_ms.get("baseline_served", {})
         out.append(
             f"answer_url latency outside faults: p50 {base.get('p50', 0):.1f} ms, "
-            f"p99 {base.get('p99', 0):.1f} ms (n={base.get('n', 0)})"
+            f"p99 {base.get('p99', 0):.1f} ms (n={base.get('n', 0)}) seen by MiniVoice; span duration "
+            f"p50 {served.get('p50', 0):.2f} ms, p99 {served.get('p99', 0):.2f} ms in the app"
         )
         for fault in self.faults:
             lat, sp, calls = fault.get("latency_ms", {}), fault.get("spans", {}), fault.get("calls", {})
@@ -214,6 +217,10 @@ class SoakReport:
                 f"acked-but-lost {sp.get('acked_not_stored', 0)}; calls {calls.get('calls', 0)}: "
                 f"{calls.get('correct_complete', 0)}/{calls.get('complete', 0)} complete calls right, "
                 f"{calls.get('incomplete', 0)} lost spans"
+            )
+            srv = fault.get("served_ms", {})
+            out.append(
+                f"  answer_url span duration p50 {srv.get('p50', 0):.2f} ms, p99 {srv.get('p99', 0):.2f} ms"
             )
             details = {k: d for k, d in fault.get("details", {}).items() if d not in (None, [], {})}
             if details:
@@ -694,7 +701,7 @@ async def _app_main(config: dict[str, Any]) -> None:
     from simulator.demo_app import DemoApp, DemoAppConfig
     from simulator.serving import bind_port
 
-    ended: dict[tuple[int, int], tuple[str, str, int]] = {}
+    ended: dict[tuple[int, int], tuple[str, str, int, int]] = {}
     exported: dict[tuple[int, int], tuple[str, int]] = {}
     ledger_lock = threading.Lock()
 
@@ -707,7 +714,12 @@ async def _app_main(config: dict[str, Any]) -> None:
                 return
             call_id = str((span.attributes or {}).get("minivoice.call_id", ""))
             with ledger_lock:
-                ended[(context.trace_id, context.span_id)] = (call_id, span.name, span.end_time or 0)
+                ended[(context.trace_id, context.span_id)] = (
+                    call_id,
+                    span.name,
+                    span.start_time or 0,
+                    span.end_time or 0,
+                )
 
     class LedgerExporter(SpanExporter):
         """The OTLP exporter, noting which spans ingest acknowledged and which it gave up on."""
@@ -795,10 +807,11 @@ async def _app_main(config: dict[str, Any]) -> None:
     await asyncio.to_thread(provider.shutdown)
     log_files.close()
     with ledger_lock, open(config["ledger"], "w") as ledger:
-        ledger.write("trace_id\tspan_id\tcall_id\tname\tend_ns\tstate\texported_ns\n")
-        for (trace_id, span_id), (call_id, name, end_ns) in ended.items():
+        ledger.write("trace_id\tspan_id\tcall_id\tname\tstart_ns\tend_ns\tstate\texported_ns\n")
+        for (trace_id, span_id), (call_id, name, start_ns, end_ns) in ended.items():
             state, at = exported.get((trace_id, span_id), ("never_exported", 0))
-            ledger.write(f"{trace_id:032x}\t{span_id:016x}\t{call_id}\t{name}\t{end_ns}\t{state}\t{at}\n")
+            ids = f"{trace_id:032x}\t{span_id:016x}"
+            ledger.write(f"{ids}\t{call_id}\t{name}\t{start_ns}\t{end_ns}\t{state}\t{at}\n")
     reply({"stats": collectors.stats(), "ledger": config["ledger"], "spans": len(ended)})
 
 
@@ -1130,6 +1143,7 @@ class Soak:
                     "end": steady[-1],
                     "max": max(steady),
                 }
+                report.rss_series[name] = [(round(at), round(value)) for at, value in samples]
 
     # -- verification ------------------------------------------------------------------------------
 
@@ -1142,7 +1156,7 @@ class Soak:
             con.execute(
                 "CREATE TABLE ledger AS SELECT * FROM read_csv(?, delim='\t', header=true, columns={"
                 "'trace_id': 'VARCHAR', 'span_id': 'VARCHAR', 'call_id': 'VARCHAR', 'name': 'VARCHAR', "
-                "'end_ns': 'BIGINT', 'state': 'VARCHAR', 'exported_ns': 'BIGINT'})",
+                "'start_ns': 'BIGINT', 'end_ns': 'BIGINT', 'state': 'VARCHAR', 'exported_ns': 'BIGINT'})",
                 [str(ledger)],
             )
             con.execute(
@@ -1191,7 +1205,10 @@ class Soak:
             )
             rows = {r[0]: r for r in relation.fetchall()}
             per_span = con.execute("SELECT end_ns, state, copies, exported_ns FROM spans_ledger").fetchall()
-        self._score(report, outcomes, rows, lost_calls, per_span)
+            served = con.execute(
+                "SELECT start_ns, (end_ns - start_ns) / 1e6 FROM ledger WHERE name = 'answer_url'"
+            ).fetchall()
+        self._score(report, outcomes, rows, lost_calls, per_span=per_span, served=served)
 
     @staticmethod
     def _expected(outcome: Any) -> tuple[str, str | None]:
@@ -1216,7 +1233,9 @@ class Soak:
         outcomes: list[Any],
         rows: dict[str, tuple[Any, ...]],
         lost_calls: set[str],
+        *,
         per_span: list[tuple[Any, ...]],
+        served: list[tuple[int, float]],
     ) -> None:
         def score(selected: list[Any]) -> dict[str, Any]:
             result: Counter[str] = Counter()
@@ -1269,6 +1288,10 @@ class Soak:
             and not any(a <= t <= b for a, b in in_fault)
         ]
         report.latency_ms["baseline"] = latency_summary(baseline)
+        # The same from the app's side: the answer_url span's duration (the collector included).
+        report.latency_ms["baseline_served"] = latency_summary(
+            [ms for t, ms in served if t > warmup and not any(a <= t <= b for a, b in in_fault)]
+        )
         for window in windows:
             latencies = [
                 o.answer_url_latency_ms
@@ -1315,6 +1338,9 @@ class Soak:
                     "at_s": (window.start_ns - self.started_ns) / NS,
                     "seconds": (window.end_ns - window.start_ns) / NS,
                     "latency_ms": latency_summary(latencies),
+                    "served_ms": latency_summary(
+                        [ms for t, ms in served if window.start_ns <= t <= window.end_ns]
+                    ),
                     "spans": dict(spans),
                     "calls": calls,
                     "details": window.details,
