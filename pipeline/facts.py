@@ -146,6 +146,9 @@ class FactsConfig:
     answer_url_timeout_ms: int = 5000
 
 
+#: Characters of a failed or invalid answer_url response body kept in the facts.
+BODY_CHARS = 500
+INVALID = "NOT coalesce(mv.action_valid, false)"
 OTHER = "other"
 EVERY = "*"
 #: The groups facts are aggregated in, one per source (plus spans of any other source), so each
@@ -227,7 +230,6 @@ def facts(config: FactsConfig) -> list[Fact]:
     return [
         # the call as a whole
         count("span_count", EVERY),
-        Fact("span_keys", EVERY, "list", "span_key", None, "flatten(list(span_keys))", None, "concat"),
         agg("last_ingested_ns", EVERY, "max", "ingested_at_ns"),
         agg("customer_id", EVERY, "max", "mv.customer_id"),
         agg("application_id", EVERY, "max", "mv.application_id"),
@@ -248,9 +250,13 @@ def facts(config: FactsConfig) -> list[Fact]:
             au,
             "min",
             "{'t': start_ns, 'k': span_key, 'end_ns': end_ns, 'status': mv.http_status_code, "
-            f"'latency_ms': {c['LATENCY']}, 'valid': mv.action_valid, 'types': mv.action_types, "
-            "'problems': mv.action_problems, 'messages': mv.action_problem_messages, "
-            "'stream_url': mv.stream_url, 'track': mv.track, 'body': mv.response_body}",
+            f"'latency_ms': {c['LATENCY']}, 'valid': mv.action_valid, "
+            # Compact: most calls are valid, and per-call state is what a million calls cost.
+            "'types': array_to_string(coalesce(mv.action_types, []), ','), "
+            f"'problems': CASE WHEN {INVALID} THEN mv.action_problems END, "
+            f"'messages': CASE WHEN {INVALID} THEN mv.action_problem_messages END, "
+            "'stream_url': mv.stream_url, 'track': mv.track, "
+            f"'body': CASE WHEN {INVALID} THEN left(mv.response_body, {BODY_CHARS}) END}}",
             c["AU_OK"],
         ),
         agg(
@@ -258,7 +264,8 @@ def facts(config: FactsConfig) -> list[Fact]:
             au,
             "max",
             "{'t': start_ns, 'k': span_key, 'end_ns': end_ns, 'status': mv.http_status_code, "
-            f"'latency_ms': {c['LATENCY']}, 'is_json': {c['IS_JSON']}, 'body': mv.response_body, "
+            f"'latency_ms': {c['LATENCY']}, 'is_json': {c['IS_JSON']}, "
+            f"'body': left(mv.response_body, {BODY_CHARS}), "
             "'error_type': mv.error_type, 'method': mv.http_method, 'path': mv.url_path, "
             "'status_message': status_message}",
             c["AU_FAILED"],

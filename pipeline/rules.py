@@ -361,8 +361,8 @@ def rules(config: RulesConfig) -> list[Rule]:
             "au_first_ok IS NOT NULL AND NOT start_stream AND completed_ns IS NOT NULL",
             cat(
                 "'answer_url returned no start_stream action'",
-                "CASE WHEN len(coalesce(au_first_ok.types, [])) > 0 "
-                "THEN ' (actions: ' || array_to_string(au_first_ok.types, ', ') || ')' "
+                "CASE WHEN coalesce(au_first_ok.types, '') <> '' "
+                "THEN ' (actions: ' || replace(au_first_ok.types, ',', ', ') || ')' "
                 "ELSE ' (no actions)' END",
             ),
             lit(

@@ -411,17 +411,21 @@ class Timeline:
             rows = f"({rows_sql})"
         con.execute(f"INSERT INTO facts {facts_mod.call_facts_sql(rows, self.facts_config)}")
         events_source = rows
-        dups = con.execute(
-            "SELECT count(*), coalesce(sum(len(span_keys) - len(list_distinct(span_keys))), 0) "
-            "FROM facts WHERE len(span_keys) <> len(list_distinct(span_keys))"
-        ).fetchall()[0]
-        if dups[0]:
+        # The key of every span counted: the incremental steps drop spans already counted.
+        con.execute(f"INSERT INTO span_keys SELECT span_key FROM {rows} WHERE call_id IS NOT NULL")
+        con.execute(
+            "CREATE TEMP TABLE dup_keys AS SELECT span_key, count(*) - 1 AS extra FROM span_keys "
+            "GROUP BY span_key HAVING count(*) > 1"
+        )
+        extra = int(_scalar(con, "SELECT coalesce(sum(extra), 0) FROM dup_keys") or 0)
+        if extra:
             # OTLP retries stored some spans twice: recount those calls from one copy of each span.
-            summary.duplicate_spans = int(dups[1])
+            summary.duplicate_spans = extra
             con.execute(
-                "CREATE TEMP TABLE dup_calls AS SELECT call_id FROM facts "
-                "WHERE len(span_keys) <> len(list_distinct(span_keys))"
+                f"CREATE TEMP TABLE dup_calls AS SELECT DISTINCT call_id FROM {rows} "
+                "WHERE span_key IN (SELECT span_key FROM dup_keys) AND call_id IS NOT NULL"
             )
+            con.execute("CREATE OR REPLACE TABLE span_keys AS SELECT DISTINCT span_key FROM span_keys")
             con.execute(
                 f"CREATE TEMP TABLE dup_rows AS SELECT * FROM {rows} "
                 "WHERE call_id IN (SELECT call_id FROM dup_calls) "
@@ -506,16 +510,16 @@ class Timeline:
             con.execute(f"CREATE TEMP TABLE batch AS {rows_sql}")
             read = self._count(con, "batch")
             batch_max = _scalar(con, "SELECT max(ingested_at_ns) FROM batch")
-            # The stored facts of the calls the batch touches: read once (the facts table is wide).
-            con.execute(
-                "CREATE TEMP TABLE touched_facts AS "
-                "SELECT * FROM facts WHERE call_id IN (SELECT DISTINCT call_id FROM batch)"
-            )
-            # Already counted (the span key is among the stored keys of its call), or twice in the batch.
+            # Already counted (compaction, an OTLP retry), or twice in the batch: keep one copy.
             con.execute(
                 "CREATE TEMP TABLE batch_u AS SELECT * FROM batch WHERE call_id IS NULL OR span_key NOT IN "
-                "(SELECT unnest(span_keys) FROM touched_facts) QUALIFY row_number() OVER "
-                "(PARTITION BY span_key ORDER BY ingested_at_ns, end_ns DESC) = 1"
+                "(SELECT span_key FROM span_keys WHERE span_key IN (SELECT span_key FROM batch)) "
+                "QUALIFY row_number() OVER (PARTITION BY span_key ORDER BY ingested_at_ns, end_ns DESC) = 1"
+            )
+            # The stored facts of the calls the new spans touch: read once (the facts table is wide).
+            con.execute(
+                "CREATE TEMP TABLE touched_facts AS "
+                "SELECT * FROM facts WHERE call_id IN (SELECT DISTINCT call_id FROM batch_u)"
             )
             kept = self._count(con, "batch_u")
             summary.duplicate_spans = read - kept
@@ -566,6 +570,7 @@ class Timeline:
             con.execute("DELETE FROM verdicts WHERE call_id IN (SELECT call_id FROM calls_out)")
             con.execute(f"INSERT INTO verdicts {self._verdicts_select()}")
             if new_paths:
+                con.execute("INSERT INTO span_keys SELECT span_key FROM batch_u WHERE call_id IS NOT NULL")
                 con.execute(
                     "INSERT INTO unattributed_keys SELECT hash(trace_id, span_id) FROM unattributed_new"
                 )
@@ -604,6 +609,7 @@ class Timeline:
             con.execute(f"CREATE TABLE {table} (call_id VARCHAR, verdict VARCHAR)")
         con.execute("CREATE TABLE processed_files (path VARCHAR)")
         con.execute("CREATE TABLE unattributed_keys (span_key UBIGINT)")
+        con.execute("CREATE TABLE span_keys (span_key UBIGINT)")
         con.execute("CREATE TABLE meta (key VARCHAR, value VARCHAR)")
 
     def _empty_rows_sql(self) -> str:

@@ -70,7 +70,8 @@ WITH base AS (
                AS answered,
            coalesce(au_first_ok.problems = ['no_actions'], false) AS only_no_actions,
            coalesce(au_first_ok.valid, false)
-               AND list_contains(coalesce(au_first_ok.types, []), 'start_stream') AS start_stream,
+               AND list_contains(string_split(coalesce(au_first_ok.types, ''), ','), 'start_stream')
+               AS start_stream,
            rx_last_ns - least(completed.t + CASE WHEN completed.t % {NS_PER_S} = 0
                                                  THEN {NS_PER_S - 1} ELSE 0 END,
                               completed.received_ns) AS skew_low,
@@ -134,7 +135,7 @@ CALLS_COLUMNS_SQL = f"""
     au_requests AS answer_url_requests,
     coalesce(au_first_ok.body, au_last_failed.body) AS answer_url_response_body,
     au_first_ok.valid AS action_valid,
-    au_first_ok.problems AS action_problems,
+    CASE WHEN au_first_ok IS NOT NULL THEN coalesce(au_first_ok.problems, []) END AS action_problems,
     au_first_ok.stream_url AS stream_url,
     au_first_ok.track AS track,
     {_ts("rx_first_adj_ns")} AS connected_at,
