@@ -355,39 +355,46 @@ def _combined(fact: Fact) -> str:
     return f"{fact.combine}({', '.join(parts)})"  # greatest/least skip NULLs
 
 
-def call_facts_sql(span_rows: str, config: FactsConfig) -> str:
-    """SQL: one facts row per call id (spans without a call id are left out: see unattributed).
-
-    Each source's spans are aggregated on their own (`span_rows` is read once per group: a Parquet
-    scan pushes the source filter down), then the groups are joined on the call id.
-    """
-    all_facts = facts(config)
+def group_facts_sql(span_rows: str, group: str, config: FactsConfig) -> str:
+    """SQL: the facts of one source group, one row per call id with spans of that source."""
     known = ", ".join(f"'{g}'" for g in GROUPS if g != OTHER)
-    ctes = []
-    for group in GROUPS:
-        columns = ",\n           ".join(
-            f"{f.over_spans} AS {f.name}" for f in all_facts if f.group in (group, EVERY)
-        )
-        where = f"(source IS NULL OR source NOT IN ({known}))" if group == OTHER else f"source = '{group}'"
-        ctes.append(
-            f"g_{group} AS (\n    SELECT call_id,\n           {columns}\n    FROM {span_rows}\n"
-            f"    WHERE call_id IS NOT NULL AND {where}\n    GROUP BY call_id\n)"
-        )
+    columns = ",\n       ".join(
+        f"{f.over_spans} AS {f.name}" for f in facts(config) if f.group in (group, EVERY)
+    )
+    where = f"(source IS NULL OR source NOT IN ({known}))" if group == OTHER else f"source = '{group}'"
+    return (
+        f"SELECT call_id,\n       {columns}\nFROM {span_rows}\n"
+        f"WHERE call_id IS NOT NULL AND {where}\nGROUP BY call_id"
+    )
+
+
+def join_groups_sql(groups: dict[str, str], config: FactsConfig) -> str:
+    """SQL: one facts row per call from the group relations (`GROUPS` name -> relation)."""
     outputs = []
-    for f in all_facts:
+    for f in facts(config):
         value = _combined(f) if f.group == EVERY else f.name
         outputs.append(
             f"coalesce({value}, {f.empty}) AS {f.name}" if f.empty is not None else f"{value} AS {f.name}"
         )
     keys = "coalesce(" + ", ".join(f"g_{group}.call_id" for group in GROUPS) + ")"
     joins = " ".join(
-        f"FULL JOIN g_{group} ON g_{group}.call_id = coalesce("
+        f"FULL JOIN {groups[group]} g_{group} ON g_{group}.call_id = coalesce("
         + ", ".join(f"g_{g}.call_id" for g in GROUPS[:i])
         + ")"
         for i, group in enumerate(GROUPS[1:], start=1)
     )
     columns = ",\n       ".join(outputs)
-    return f"WITH {', '.join(ctes)}\nSELECT {keys} AS call_id,\n       {columns}\nFROM g_{GROUPS[0]} {joins}"
+    return f"SELECT {keys} AS call_id,\n       {columns}\nFROM {groups[GROUPS[0]]} g_{GROUPS[0]} {joins}"
+
+
+def call_facts_sql(span_rows: str, config: FactsConfig) -> str:
+    """SQL: one facts row per call id (spans without a call id are left out: see unattributed).
+
+    Each source's spans are aggregated on their own (`span_rows` is read once per group: a Parquet
+    scan pushes the source filter down), then the groups are joined on the call id.
+    """
+    ctes = ", ".join(f"g_{group}_rows AS ({group_facts_sql(span_rows, group, config)})" for group in GROUPS)
+    return f"WITH {ctes}\n" + join_groups_sql({g: f"g_{g}_rows" for g in GROUPS}, config)
 
 
 def merge_facts_sql(facts_rows: str, config: FactsConfig) -> str:

@@ -70,7 +70,7 @@ DELTA_ROWS_MIN = 200_000
 DELTA_FILES_MAX = 64
 ROW_GROUP_SIZE = 131_072
 #: DuckDB's memory for a build; beyond it, it spills to DIR/_timeline/tmp (default 80% of RAM).
-DEFAULT_MEMORY_LIMIT = "1GB"
+DEFAULT_MEMORY_LIMIT = "1500MB"
 
 
 class TimelineError(RuntimeError):

@@ -50,6 +50,9 @@ def build(
             "--grace", help="Seconds to wait for call.completed (default $CALLSCOPE_GRACE_SECONDS or 300)."
         ),
     ] = None,
+    memory_limit: Annotated[
+        str, typer.Option("--memory-limit", help="DuckDB memory for the build; beyond it, it spills to disk.")
+    ] = "1500MB",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Join the spans into one timeline per call and name the step where each call failed.
@@ -73,7 +76,7 @@ def build(
                 typer.echo(line)
 
     try:
-        with open_timeline(settings) as timeline:
+        with open_timeline(settings, memory_limit=memory_limit) as timeline:
             if not follow:
                 report(timeline.build(full=full))
                 return
