@@ -354,10 +354,9 @@ class IngestProcess:
             children = []
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
-        time.sleep(1.0)
-        alive = [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-        self.orphans.extend(alive)
-        return alive
+        _gone, alive = psutil.wait_procs(children, timeout=5)  # they should follow their parent
+        self.orphans.extend(p.pid for p in alive)
+        return [p.pid for p in alive]
 
     def stop(self, timeout: float = 120.0) -> int | None:
         """SIGTERM (flush the log into segments) and wait; returns the exit code."""
