@@ -5,8 +5,9 @@ In the same run:
   disk) with the decoder ingest uses (`decode_protobuf`: the C extension when it is built), and
   with the pure-Python path (`request_to_table`, the decoder before the C extension) for comparison;
 - end to end with fsync on, and with --no-fsync (the durability cost);
-each the median of --repeats runs. End to end = spans acknowledged / (time from the first request
-until ingest has exited cleanly, i.e. every acknowledged span is in a Parquet segment).
+in --repeats interleaved rounds; figures are medians, ratios are medians of each round's ratio.
+End to end = spans acknowledged / (time from the first request until ingest has exited cleanly,
+i.e. every acknowledged span is in a Parquet segment).
 
 The clients are keep-alive `http.client` connections in threads of this process: the load
 generator shares the machine with ingest, so it should be cheap (httpx costs ~2.5x more CPU per
@@ -180,35 +181,52 @@ def main() -> None:
         f"{args.clients} clients, {args.seconds:g} s per run, median of {args.repeats}; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
     )
-    python = statistics.median(decode_rate(bodies, 3.0, python=True) for _ in range(args.repeats))
-    decode = statistics.median(decode_rate(bodies, 3.0) for _ in range(args.repeats))
+    # Interleaved rounds (decode-only, then end to end with and without fsync), so that the ratios
+    # compare figures measured minutes apart at most, whatever else the machine is doing.
+    python: list[float] = []
+    decode: list[float] = []
+    runs: dict[bool, list[Run]] = {True: [], False: []}
+    for _ in range(args.repeats):
+        python.append(decode_rate(bodies, 2.0, python=True))
+        decode.append(decode_rate(bodies, 3.0))
+        for fsync in (True, False):
+            run = end_to_end(bodies, args.clients, args.seconds, fsync)
+            assert run.stored == run.acked_spans > 0, f"stored {run.stored} != acknowledged {run.acked_spans}"
+            runs[fsync].append(run)
     decoder = "C extension" if _otlp_fast is not None else "Python: the C extension is NOT built"
-    print(f"decode only, Python path:  {python:>10,.0f} spans/s")
-    print(f"decode only (ceiling):     {decode:>10,.0f} spans/s  ({decoder}; {decode / python:.1f}x Python)")
+    ceiling = statistics.median(decode)
+    print(f"decode only, Python path:  {statistics.median(python):>10,.0f} spans/s")
+    print(
+        f"decode only (ceiling):     {ceiling:>10,.0f} spans/s  ({decoder}; "
+        f"{statistics.median(d / p for d, p in zip(decode, python, strict=True)):.1f}x Python; "
+        f"rounds: {', '.join(f'{d:,.0f}' for d in decode)})"
+    )
     results = {}
     for fsync in (True, False):
-        runs = [end_to_end(bodies, args.clients, args.seconds, fsync) for _ in range(args.repeats)]
-        for run in runs:
-            assert run.stored == run.acked_spans > 0, f"stored {run.stored} != acknowledged {run.acked_spans}"
-        e2e = statistics.median(r.end_to_end for r in runs)
-        ack = statistics.median(r.acknowledged for r in runs)
-        cpu = {name: statistics.median(r.cpu_us[name] for r in runs) for name in runs[0].cpu_us}
-        refused = sum(r.refused for r in runs)
-        results[fsync] = e2e
+        these = runs[fsync]
+        e2e = statistics.median(r.end_to_end for r in these)
+        ratio = statistics.median(r.end_to_end / d for r, d in zip(these, decode, strict=True))
+        ack = statistics.median(r.acknowledged for r in these)
+        cpu = {name: statistics.median(r.cpu_us[name] for r in these) for name in these[0].cpu_us}
+        refused = sum(r.refused for r in these)
+        results[fsync] = (e2e, ratio)
         label = "fsync" if fsync else "no fsync"
         print(
             f"end to end ({label:>8}):    {e2e:>10,.0f} spans/s  (acknowledged at {ack:,.0f} spans/s; "
-            f"{e2e / decode:.2f}x decode-only; runs: {', '.join(f'{r.end_to_end:,.0f}' for r in runs)})"
+            f"{ratio:.2f}x decode-only of the same round; "
+            f"rounds: {', '.join(f'{r.end_to_end:,.0f}' for r in these)})"
         )
         print(
             "    CPU us/span: "
             + ", ".join(f"{name} {value:.1f}" for name, value in cpu.items())
             + (f"; {refused} requests refused with 429/503 and retried" if refused else "")
         )
-    print(f"durability cost (fsync on vs off): {results[True] / results[False]:.2f}x")
+    on, off = runs[True], runs[False]
+    cost = statistics.median(b.end_to_end / a.end_to_end for a, b in zip(on, off, strict=True))
+    print(f"durability cost (fsync off vs on, same round): {cost:.2f}x")
     print(
-        f"target: >= 100,000 spans/s end to end: {results[True] / 100_000:.2f}x of target; "
-        f">= 0.5x decode-only: {results[True] / decode:.2f}x"
+        f"target: >= 100,000 spans/s end to end: {results[True][0] / 100_000:.2f}x of target; "
+        f">= 0.5x decode-only: {results[True][1]:.2f}x; load average {os.getloadavg()[0]:.1f} at the end"
     )
 
 
