@@ -162,6 +162,7 @@ class SoakReport:
     collectors: dict[str, int] = field(default_factory=dict)
     processes: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -234,6 +235,8 @@ class SoakReport:
                 f"end {rss.get('end', 0):.0f} MB, max {rss.get('max', 0):.0f} MB"
             )
         out.extend(f"{key}: {value}" for key, value in self.processes.items())
+        if self.privacy:
+            out.append(f"privacy scan of every log: {json.dumps(self.privacy)}")
         out.extend(f"PROBLEM: {p}" for p in self.problems)
         return out
 
@@ -700,9 +703,10 @@ async def _app_main(config: dict[str, Any]) -> None:
     from simulator.demo_app import DemoApp, DemoAppConfig
     from simulator.serving import bind_port
 
-    ended: dict[tuple[int, int], tuple[str, str, int, int]] = {}
-    exported: dict[tuple[int, int], tuple[str, int]] = {}
+    # The ledger goes straight to two files, so that it costs the app no memory (its RSS is measured).
     ledger_lock = threading.Lock()
+    ended_file = open(config["ledger"] + ".ended", "w")  # noqa: SIM115 (closed at the end)
+    exported_file = open(config["ledger"] + ".exported", "w")  # noqa: SIM115
 
     class LedgerProcessor(SpanProcessor):
         """Every span the collectors end (before the batch queue, which may drop it)."""
@@ -712,13 +716,12 @@ async def _app_main(config: dict[str, Any]) -> None:
             if context is None:
                 return
             call_id = str((span.attributes or {}).get("minivoice.call_id", ""))
+            line = (
+                f"{context.trace_id:032x}\t{context.span_id:016x}\t{call_id}\t{span.name}\t"
+                f"{span.start_time or 0}\t{span.end_time or 0}\n"
+            )
             with ledger_lock:
-                ended[(context.trace_id, context.span_id)] = (
-                    call_id,
-                    span.name,
-                    span.start_time or 0,
-                    span.end_time or 0,
-                )
+                ended_file.write(line)
 
     class LedgerExporter(SpanExporter):
         """The OTLP exporter, noting which spans ingest acknowledged and which it gave up on."""
@@ -730,10 +733,13 @@ async def _app_main(config: dict[str, Any]) -> None:
             result = self.inner.export(spans)
             state = "acked" if result is SpanExportResult.SUCCESS else "export_failed"
             now = time.time_ns()
+            lines = [
+                f"{span.context.trace_id:032x}\t{span.context.span_id:016x}\t{state}\t{now}\n"
+                for span in spans
+                if span.context is not None
+            ]
             with ledger_lock:
-                for span in spans:
-                    if span.context is not None:
-                        exported[(span.context.trace_id, span.context.span_id)] = (state, now)
+                exported_file.writelines(lines)
             return result
 
         def shutdown(self) -> None:
@@ -805,13 +811,10 @@ async def _app_main(config: dict[str, Any]) -> None:
                 break
     await asyncio.to_thread(provider.shutdown)
     log_files.close()
-    with ledger_lock, open(config["ledger"], "w") as ledger:
-        ledger.write("trace_id\tspan_id\tcall_id\tname\tstart_ns\tend_ns\tstate\texported_ns\n")
-        for (trace_id, span_id), (call_id, name, start_ns, end_ns) in ended.items():
-            state, at = exported.get((trace_id, span_id), ("never_exported", 0))
-            ids = f"{trace_id:032x}\t{span_id:016x}"
-            ledger.write(f"{ids}\t{call_id}\t{name}\t{start_ns}\t{end_ns}\t{state}\t{at}\n")
-    reply({"stats": collectors.stats(), "ledger": config["ledger"], "spans": len(ended)})
+    with ledger_lock:
+        ended_file.close()
+        exported_file.close()
+    reply({"stats": collectors.stats(), "ledger": config["ledger"]})
 
 
 # ---- the simulator side ---------------------------------------------------------------------------
@@ -953,6 +956,7 @@ class Soak:
             self._leftover_processes(report)
             self._finish_pipeline(report)
             self._verify(report, placed)
+            report.privacy = scan_logs(self.work)
             report.timings["total"] = time.monotonic() - t0
             report.problems = self.problems
         return report
@@ -1153,10 +1157,21 @@ class Soak:
         ledger = self.work / "ledger.tsv"
         with DataDir(self.data).connect_readonly() as con:
             con.execute(
-                "CREATE TABLE ledger AS SELECT * FROM read_csv(?, delim='\t', header=true, columns={"
-                "'trace_id': 'VARCHAR', 'span_id': 'VARCHAR', 'call_id': 'VARCHAR', 'name': 'VARCHAR', "
-                "'start_ns': 'BIGINT', 'end_ns': 'BIGINT', 'state': 'VARCHAR', 'exported_ns': 'BIGINT'})",
-                [str(ledger)],
+                "CREATE TABLE ended AS SELECT * FROM read_csv(?, delim='\t', header=false, quote='', "
+                "columns={'trace_id': 'VARCHAR', 'span_id': 'VARCHAR', 'call_id': 'VARCHAR', "
+                "'name': 'VARCHAR', 'start_ns': 'BIGINT', 'end_ns': 'BIGINT'})",
+                [f"{ledger}.ended"],
+            )
+            con.execute(
+                "CREATE TABLE exported AS SELECT * FROM read_csv(?, delim='\t', header=false, quote='', "
+                "columns={'trace_id': 'VARCHAR', 'span_id': 'VARCHAR', 'state': 'VARCHAR', "
+                "'exported_ns': 'BIGINT'})",
+                [f"{ledger}.exported"],
+            )
+            con.execute(
+                "CREATE TABLE ledger AS SELECT e.*, coalesce(x.state, 'never_exported') AS state, "
+                "coalesce(x.exported_ns, 0) AS exported_ns "
+                "FROM ended e LEFT JOIN exported x USING (trace_id, span_id)"
             )
             con.execute(
                 "CREATE TABLE stored AS "
@@ -1204,8 +1219,12 @@ class Soak:
             )
             rows = {r[0]: r for r in relation.fetchall()}
             per_span = con.execute("SELECT end_ns, state, copies, exported_ns FROM spans_ledger").fetchall()
+            # The app's own answer_url time; the scenario that stalls on purpose left out.
+            stalled = [o.call_id for o in outcomes if o.scenario == "answer_url_timeout"]
             served = con.execute(
-                "SELECT start_ns, (end_ns - start_ns) / 1e6 FROM ledger WHERE name = 'answer_url'"
+                "SELECT start_ns, (end_ns - start_ns) / 1e6 FROM ledger WHERE name = 'answer_url' "
+                "AND call_id NOT IN (SELECT unnest(?::VARCHAR[]))",
+                [stalled],
             ).fetchall()
         self._score(report, outcomes, rows, lost_calls, per_span=per_span, served=served)
 
@@ -1346,6 +1365,30 @@ class Soak:
                     "collector_drops": drops,
                 }
             )
+
+
+def scan_logs(work: Path) -> dict[str, Any]:
+    """Search every log of the run (the collectors' three JSON logs, the app's, ingest's and the
+    build's) for the simulator's phone numbers, media payloads and clear stream_url tokens."""
+    import re
+
+    from simulator.audio import tone_payloads
+    from simulator.messages import CallInfo
+
+    call = CallInfo("any")
+    numbers = {re.sub(r"\D", "", n)[-10:] for n in (call.from_number, call.to_number)}
+    payloads = {payload[:24] for payload in tone_payloads()}
+    findings: Counter[str] = Counter()
+    scanned = 0
+    tokens: set[str] = set()
+    for path in sorted(work.glob("*.log")) + sorted(work.glob("collector-logs/*")):
+        text = path.read_text(errors="replace")
+        scanned += len(text)
+        findings.update(f"phone number in {path.name}" for n in numbers if n in text)
+        findings.update(f"media payload in {path.name}" for p in payloads if p in text)
+        tokens.update(t for t in re.findall(r"token=([A-Za-z0-9_\-]+)", text) if t != "REDACTED")
+    findings.update(f"clear token {t[:4]}..." for t in tokens)
+    return {"bytes_scanned": scanned, "findings": dict(findings)}
 
 
 # ---- entry points -------------------------------------------------------------------------------

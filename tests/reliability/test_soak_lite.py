@@ -69,4 +69,5 @@ def test_thirty_calls_with_a_kill_9_store_every_acknowledged_span_once(tmp_path:
     assert report.collectors["internal_errors"] == 0
     assert report.processes["ingest exit code at SIGTERM"] == 0
     assert report.processes["build --follow restarts after dying"] == []
+    assert report.privacy["findings"] == {}  # no phone number, payload or token in any log
     assert report.problems == []
