@@ -489,7 +489,8 @@ def run(
             started = time.perf_counter()
             spans = generate(data, n_calls, promoted=promoted)
             print(f"generated {spans:,} spans for {n_calls:,} calls in {time.perf_counter() - started:.1f} s")
-        files = [str(s.path) for s in data.segments()]
+        # The spans to build from (not the pipeline's own root span segments of earlier runs).
+        files = [str(s.path) for s in data.segments() if not s.path.name.startswith("root-")]
         spans = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         size = sum(Path(f).stat().st_size for f in files)
         print(
@@ -533,13 +534,14 @@ def run(
         step_times, step_spans = [], []
         with Timeline(data) as timeline:
             timeline.step()  # open the state
+            salt = int(time.time()) % 100_000  # new spans each run, even over a kept data dir
             for i in range(repeat):
-                write_segments(data, late_batch(n_calls, batch, i + 1, promoted=promoted))
+                write_segments(data, late_batch(n_calls, batch, salt + i, promoted=promoted))
                 started = time.perf_counter()
                 summary = timeline.step()
                 step_times.append(time.perf_counter() - started)
                 step_spans.append(summary.spans)
-        write_segments(data, late_batch(n_calls, batch, repeat + 1, promoted=promoted))
+        write_segments(data, late_batch(n_calls, batch, salt + repeat, promoted=promoted))
         oneshot, _ = _child([python, "-m", "callscope", "build", "--data", str(data.path), "-q"])
 
         build = _median(build_times)
