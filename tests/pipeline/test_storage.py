@@ -104,13 +104,13 @@ def test_spans_view_deduplicates_retries_first_ingested_wins(tmp_path: Path) -> 
 def test_views_database_works_from_another_process_and_cwd(tmp_path: Path) -> None:
     data = DataDir(tmp_path / "data")
     data.write_segment(span_rows(4))
-    data.write_table_file("calls", pa.table({"call_id": ["call_1"], "verdict": ["ok"]}))
+    data.write_table_file("results", pa.table({"call_id": ["call_1"], "verdict": ["ok"]}))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     script = (
         "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
         "print(con.execute('select count(*) from spans').fetchone()[0], "
-        "con.execute('select verdict from calls').fetchone()[0])"
+        "con.execute('select verdict from results').fetchone()[0])"
     )
     out = subprocess.run(
         [sys.executable, "-c", script, "../data/callscope.duckdb"],
@@ -135,11 +135,11 @@ def test_new_segments_show_up_without_rebuilding_views(tmp_path: Path) -> None:
 
 def test_table_file_replacement_is_atomic_and_named(tmp_path: Path) -> None:
     data = DataDir(tmp_path)
-    first = data.write_table_file("call_events", pa.table({"n": [1]}), filename="base.parquet")
-    second = data.write_table_file("call_events", pa.table({"n": [2]}), filename="base.parquet")
-    assert first == second == tmp_path / "call_events" / "base.parquet"
+    first = data.write_table_file("notes", pa.table({"n": [1]}), filename="base.parquet")
+    second = data.write_table_file("notes", pa.table({"n": [2]}), filename="base.parquet")
+    assert first == second == tmp_path / "notes" / "base.parquet"
     with data.connect_readonly() as con:
-        assert con.execute("select n from call_events").fetchall() == [(2,)]
+        assert con.execute("select n from notes").fetchall() == [(2,)]
 
 
 @pytest.mark.parametrize("name", ["spans", "wal", "../x", "a/b", "_private"])
