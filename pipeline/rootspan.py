@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from callscope import __version__
-from pipeline.schema import SPAN_SCHEMA
+from pipeline.schema import MINIVOICE_COLUMN, SPAN_SCHEMA
 from pipeline.storage import DataDir, utc_day
 
 if TYPE_CHECKING:
@@ -181,7 +181,9 @@ class RootSpanEmitter:
         days = [d for (d,) in con.execute(f"SELECT DISTINCT start_ns // {NS_PER_DAY} FROM {rows}").fetchall()]
         paths = []
         name = new_file_name("root")
-        columns = ", ".join(f'"{c}"' for c in SPAN_SCHEMA.names)
+        # Root spans leave the typed `minivoice` column out (readers see it as null; the
+        # attributes JSON holds the verdict), like any writer that does not fill it.
+        columns = ", ".join(f'"{c}"' for c in SPAN_SCHEMA.names if c != MINIVOICE_COLUMN)
         for day in sorted(days):
             directory = self.data.partition_dir(utc_day(day * NS_PER_DAY))
             directory.mkdir(parents=True, exist_ok=True)

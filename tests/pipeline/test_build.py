@@ -195,6 +195,8 @@ def test_the_promoted_minivoice_column_gives_the_same_calls(tmp_path: Path, span
     spans.answer_url("call_b", T0 + 2 * S)
     spans.receiver("call_b", T0 + 3 * S, T0 + 9 * S, stop_reason=None, close_code=1011, closed_by="receiver")
     rows = spans.rows()
+    if MINIVOICE_COLUMN in rows.schema.names:  # ingest's decoder fills it: compare with the JSON alone
+        rows = rows.drop_columns([MINIVOICE_COLUMN])
     with duckdb.connect() as con:
         con.register("rows_in", rows)
         promoted = con.sql(
