@@ -548,6 +548,9 @@ typedef struct {
     /* the current span's events and links */
     Slice *event_slices, *link_slices;
     size_t n_events, cap_events, n_links, cap_links;
+    /* the typed `minivoice` column: one MvCol per field, and the current span's entry per field */
+    struct MvCol *mv;
+    size_t *mv_found;
 } Ctx;
 
 static int push_entry(Ctx *c, const Entry *e) {
@@ -734,6 +737,324 @@ static int promoted(StrCol *col, const Want *w) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * The typed `minivoice` column (pipeline/schema.py: MINIVOICE_FIELDS and the conversion rules),
+ * handed to Python as one Arrow struct array through the Arrow C data interface (a PyCapsule):
+ * one import instead of an Array.from_buffers call per field.
+ *
+ * A field takes its attribute's value when the value has the field's type: string <- string,
+ * int64 <- int, float64 <- double or int (converted), bool <- bool, list<string> <- an array of
+ * strings only; anything else is null. The struct itself is never null.
+ */
+enum { MV_STRING = 0, MV_INT = 1, MV_DOUBLE = 2, MV_BOOL = 3, MV_STRINGS = 4 };
+
+typedef struct {
+    uint8_t *key;
+    size_t klen;
+    uint32_t hash;
+    int kind;
+} MvField;
+
+/* Set by set_minivoice_fields (pipeline.otlp does it at import); walk() defers to Python until then. */
+static MvField *mv_fields = NULL;
+static int mv_count = -1;
+static uint32_t *mv_table = NULL; /* open addressing over the key hash: field index + 1, 0 = empty */
+static size_t mv_mask = 0;
+
+typedef struct MvCol {
+    Buf validity; /* one bit per row */
+    Buf values;   /* int64, double: 8 bytes per row; bool: one bit per row; string, list: int32 offsets */
+    Buf data;     /* string: the bytes; list: int32 offsets of the element strings in child_data */
+    Buf child_data;
+    int64_t nulls, elements;
+} MvCol;
+
+static int mv_col_init(MvCol *m, int kind) {
+    memset(m, 0, sizeof(*m));
+    int32_t zero = 0;
+    /* every buffer gets memory, so no exported buffer pointer is NULL (even for zero rows) */
+    TRY(buf_reserve(&m->validity, 8));
+    TRY(buf_reserve(&m->values, 8));
+    TRY(buf_reserve(&m->data, 8));
+    TRY(buf_reserve(&m->child_data, 8));
+    if (kind == MV_STRING || kind == MV_STRINGS) TRY(buf_put(&m->values, &zero, sizeof(zero)));
+    if (kind == MV_STRINGS) TRY(buf_put(&m->data, &zero, sizeof(zero)));
+    return OK;
+}
+
+static void mv_col_free(MvCol *m) {
+    buf_free(&m->validity);
+    buf_free(&m->values);
+    buf_free(&m->data);
+    buf_free(&m->child_data);
+}
+
+static inline int mv_lookup(const Entry *e) {
+    size_t slot = e->hash & mv_mask;
+    uint32_t at;
+    while ((at = mv_table[slot]) != 0) {
+        const MvField *f = &mv_fields[at - 1];
+        if (f->hash == e->hash && f->klen == e->klen && memcmp(f->key, e->key, e->klen) == 0) return (int)at - 1;
+        slot = (slot + 1) & mv_mask;
+    }
+    return -1;
+}
+
+static inline int mv_bit(Buf *b, int64_t row, int set) {
+    if (row % 8 == 0) TRY(buf_byte(b, 0));
+    if (set) b->d[b->n - 1] |= (uint8_t)(1u << (row % 8));
+    return OK;
+}
+
+static inline int mv_offset(Buf *offsets, size_t n) {
+    if (n > MAX_COLUMN_BYTES) return BAIL;
+    int32_t offset = (int32_t)n;
+    return buf_put(offsets, &offset, sizeof(offset));
+}
+
+/* The elements of an ArrayValue, if every one is a string; otherwise nothing is kept (*valid = 0). */
+static int mv_strings(MvCol *m, const uint8_t *s, size_t n, int *valid) {
+    size_t data_n = m->data.n, child_n = m->child_data.n;
+    int64_t elements = m->elements;
+    Msg am = msg_of(s, n);
+    Field f = {0, 0, 0, NULL, 0};
+    int r;
+    *valid = 0;
+    FOR_FIELDS(am, f, r) {
+        if (f.field != 1 || f.wt != 2) continue; /* an unknown field, as for upb */
+        AnyValue item;
+        TRY(any_value(f.s, f.len, &item));
+        if (item.kind != AV_STRING) {
+            m->data.n = data_n;
+            m->child_data.n = child_n;
+            m->elements = elements;
+            return OK;
+        }
+        TRY(buf_put(&m->child_data, item.s, item.len));
+        TRY(mv_offset(&m->data, m->child_data.n));
+        m->elements++;
+    }
+    END_FIELDS(r);
+    *valid = 1;
+    return OK;
+}
+
+/* Append row `row` of field `kind`: the attribute's AnyValue bytes (NULL: absent), converted. */
+static int mv_append(MvCol *m, int kind, int64_t row, const uint8_t *value, size_t vlen) {
+    AnyValue a;
+    a.kind = AV_NONE;
+    if (value != NULL) TRY(any_value(value, vlen, &a));
+    int valid = 0;
+    switch (kind) {
+        case MV_STRING:
+            if (a.kind == AV_STRING) {
+                TRY(buf_put(&m->data, a.s, a.len));
+                valid = 1;
+            }
+            TRY(mv_offset(&m->values, m->data.n));
+            break;
+        case MV_INT: {
+            int64_t v = 0;
+            if (a.kind == AV_INT) {
+                v = (int64_t)a.v;
+                valid = 1;
+            }
+            TRY(buf_put(&m->values, &v, sizeof(v)));
+            break;
+        }
+        case MV_DOUBLE: {
+            double d = 0.0;
+            if (a.kind == AV_DOUBLE) {
+                memcpy(&d, &a.v, sizeof(d));
+                valid = 1;
+            } else if (a.kind == AV_INT) {
+                d = (double)(int64_t)a.v; /* round to nearest, as Python's float(int) */
+                valid = 1;
+            }
+            TRY(buf_put(&m->values, &d, sizeof(d)));
+            break;
+        }
+        case MV_BOOL:
+            valid = a.kind == AV_BOOL;
+            TRY(mv_bit(&m->values, row, valid && a.v != 0));
+            break;
+        default: /* MV_STRINGS */
+            if (a.kind == AV_ARRAY) TRY(mv_strings(m, a.s, a.len, &valid));
+            if (m->elements > INT32_MAX) return BAIL;
+            TRY(mv_offset(&m->values, (size_t)m->elements));
+            break;
+    }
+    if (!valid) m->nulls++;
+    return mv_bit(&m->validity, row, valid);
+}
+
+/* The `minivoice` row of the span whose attributes are the entries [base, top). */
+static int mv_row(Ctx *c, size_t base, size_t top) {
+    const size_t none = SIZE_MAX;
+    for (int i = 0; i < mv_count; i++) c->mv_found[i] = none;
+    for (size_t i = base; i < top; i++) {
+        int field = mv_lookup(&c->entries[i]);
+        if (field >= 0) c->mv_found[field] = i; /* the last one wins (a repeated key defers anyway) */
+    }
+    for (int i = 0; i < mv_count; i++) {
+        const Entry *e = c->mv_found[i] == none ? NULL : &c->entries[c->mv_found[i]];
+        TRY(mv_append(&c->mv[i], mv_fields[i].kind, c->rows, e ? e->value : NULL, e ? e->vlen : 0));
+    }
+    return OK;
+}
+
+/* Arrow C data interface (https://arrow.apache.org/docs/format/CDataInterface.html): ABI-stable. */
+#ifndef ARROW_C_DATA_INTERFACE
+#define ARROW_C_DATA_INTERFACE
+#define ARROW_FLAG_DICTIONARY_ORDERED 1
+#define ARROW_FLAG_NULLABLE 2
+#define ARROW_FLAG_MAP_KEYS_SORTED 4
+struct ArrowSchema {
+    const char *format;
+    const char *name;
+    const char *metadata;
+    int64_t flags;
+    int64_t n_children;
+    struct ArrowSchema **children;
+    struct ArrowSchema *dictionary;
+    void (*release)(struct ArrowSchema *);
+    void *private_data;
+};
+struct ArrowArray {
+    int64_t length;
+    int64_t null_count;
+    int64_t offset;
+    int64_t n_buffers;
+    int64_t n_children;
+    const void **buffers;
+    struct ArrowArray **children;
+    struct ArrowArray *dictionary;
+    void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+#endif
+
+/* What an exported array node owns. Raw allocator throughout: Arrow may release from any thread. */
+typedef struct {
+    uint8_t *owned[3];
+    const void *buffers[3];
+    struct ArrowArray **children;
+    int64_t n_children;
+} ExportNode;
+
+static void node_release(struct ArrowArray *a) {
+    ExportNode *p = (ExportNode *)a->private_data;
+    if (p != NULL) {
+        for (int64_t i = 0; i < p->n_children; i++) {
+            struct ArrowArray *child = p->children[i];
+            if (child == NULL) continue;
+            if (child->release != NULL) child->release(child);
+            PyMem_RawFree(child);
+        }
+        PyMem_RawFree(p->children);
+        for (int i = 0; i < 3; i++) PyMem_RawFree(p->owned[i]);
+        PyMem_RawFree(p);
+    }
+    a->private_data = NULL;
+    a->release = NULL;
+}
+
+/* Make `a` an array node owning the given buffers (moved out of the Bufs; NULL: absent) with room
+ * for `n_children` children (node_child). */
+static int node_init(struct ArrowArray *a, int64_t length, int64_t null_count, Buf **bufs, int n_buffers,
+                     int64_t n_children) {
+    memset(a, 0, sizeof(*a));
+    ExportNode *p = PyMem_RawCalloc(1, sizeof(ExportNode));
+    if (p == NULL) return NOMEM;
+    if (n_children > 0) {
+        p->children = PyMem_RawCalloc((size_t)n_children, sizeof(struct ArrowArray *));
+        if (p->children == NULL) {
+            PyMem_RawFree(p);
+            return NOMEM;
+        }
+    }
+    p->n_children = n_children;
+    for (int i = 0; i < n_buffers; i++) {
+        if (bufs[i] == NULL) continue;
+        p->owned[i] = bufs[i]->d;
+        p->buffers[i] = bufs[i]->d;
+        bufs[i]->d = NULL;
+        bufs[i]->n = bufs[i]->cap = 0;
+    }
+    a->length = length;
+    a->null_count = null_count;
+    a->n_buffers = n_buffers;
+    a->n_children = n_children;
+    a->buffers = p->buffers;
+    a->children = p->children;
+    a->release = node_release;
+    a->private_data = p;
+    return OK;
+}
+
+static int node_child(struct ArrowArray *parent, int64_t index, struct ArrowArray **out) {
+    ExportNode *p = (ExportNode *)parent->private_data;
+    struct ArrowArray *child = PyMem_RawCalloc(1, sizeof(struct ArrowArray));
+    if (child == NULL) return NOMEM;
+    p->children[index] = child;
+    *out = child;
+    return OK;
+}
+
+/* The struct array (no validity: never null) with one child per field; the MvCols are emptied. */
+static int mv_export(Ctx *c, struct ArrowArray *out) {
+    Buf *no_buffer[1] = {NULL};
+    TRY(node_init(out, c->rows, 0, no_buffer, 1, mv_count));
+    for (int i = 0; i < mv_count; i++) {
+        MvCol *m = &c->mv[i];
+        struct ArrowArray *child;
+        TRY(node_child(out, i, &child));
+        int kind = mv_fields[i].kind;
+        if (kind == MV_STRING) {
+            Buf *bufs[3] = {&m->validity, &m->values, &m->data};
+            TRY(node_init(child, c->rows, m->nulls, bufs, 3, 0));
+        } else if (kind == MV_STRINGS) {
+            Buf *bufs[2] = {&m->validity, &m->values};
+            TRY(node_init(child, c->rows, m->nulls, bufs, 2, 1));
+            struct ArrowArray *strings;
+            TRY(node_child(child, 0, &strings));
+            Buf *string_bufs[3] = {NULL, &m->data, &m->child_data};
+            TRY(node_init(strings, m->elements, 0, string_bufs, 3, 0));
+        } else {
+            Buf *bufs[2] = {&m->validity, &m->values};
+            TRY(node_init(child, c->rows, m->nulls, bufs, 2, 0));
+        }
+    }
+    return OK;
+}
+
+static void capsule_release(PyObject *capsule) {
+    struct ArrowArray *a = PyCapsule_GetPointer(capsule, "arrow_array");
+    if (a == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (a->release != NULL) a->release(a); /* not imported (an importer moves it out) */
+    PyMem_RawFree(a);
+}
+
+/* The `minivoice` column as an "arrow_array" PyCapsule (the ArrowArray is moved out of the Ctx). */
+static PyObject *mv_capsule(Ctx *c) {
+    struct ArrowArray *a = PyMem_RawCalloc(1, sizeof(struct ArrowArray));
+    if (a == NULL) return PyErr_NoMemory();
+    if (mv_export(c, a) != OK) {
+        if (a->release != NULL) a->release(a);
+        PyMem_RawFree(a);
+        return PyErr_NoMemory();
+    }
+    PyObject *capsule = PyCapsule_New(a, "arrow_array", capsule_release);
+    if (capsule == NULL) {
+        a->release(a);
+        PyMem_RawFree(a);
+    }
+    return capsule;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Spans
  */
 static const char *const KINDS[] = {"UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"};
@@ -875,6 +1196,7 @@ static int span_row(Ctx *c, const SpanContext *sc, const uint8_t *s, size_t n) {
         END_FIELDS(r);
     }
 
+    TRY(mv_row(c, base, c->n_entries));
     Want wants[2] = {{"minivoice.call_id", 17, 0, NULL, 0}, {"callscope.source", 16, 0, NULL, 0}};
     TRY(json_entries(c, &c->attributes.data, base, 0, wants, 2));
     TRY(col_commit(&c->attributes, 1));
@@ -1133,6 +1455,11 @@ static const int NULLABLE[] = {0, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0
 static int ctx_init(Ctx *c) {
     memset(c, 0, sizeof(*c));
     for (int i = 0; i < N_STRING_COLUMNS; i++) TRY(col_init(ctx_columns(c, i), NULLABLE[i]));
+    if (mv_count < 0) return BAIL; /* set_minivoice_fields not called: the Python path */
+    c->mv = PyMem_Calloc((size_t)mv_count + 1, sizeof(MvCol));
+    c->mv_found = PyMem_Calloc((size_t)mv_count + 1, sizeof(size_t));
+    if (c->mv == NULL || c->mv_found == NULL) return NOMEM;
+    for (int i = 0; i < mv_count; i++) TRY(mv_col_init(&c->mv[i], mv_fields[i].kind));
     int32_t zero = 0;
     return buf_put(&c->event_offsets, &zero, sizeof(zero));
 }
@@ -1148,6 +1475,10 @@ static void ctx_free(Ctx *c) {
     PyMem_Free(c->table);
     PyMem_Free(c->event_slices);
     PyMem_Free(c->link_slices);
+    if (c->mv != NULL)
+        for (int i = 0; i < mv_count; i++) mv_col_free(&c->mv[i]);
+    PyMem_Free(c->mv);
+    PyMem_Free(c->mv_found);
 }
 
 /* A read-only buffer (buffer protocol) owning a Buf's memory: Arrow wraps it without a copy
@@ -1217,7 +1548,8 @@ PyDoc_STRVAR(walk_doc,
              "walk(body: bytes) -> tuple | None\n\n"
              "The span columns of an ExportTraceServiceRequest that upb already parsed: (rows,\n"
              "string columns as (validity, offsets, data, null_count) in a fixed order, start_ns,\n"
-             "end_ns, event offsets, event count, event times). None: use the Python path.");
+             "end_ns, event offsets, event count, event times, the minivoice struct column as an\n"
+             "\"arrow_array\" PyCapsule). None: use the Python path (also before set_minivoice_fields).");
 
 static PyObject *walk(PyObject *module, PyObject *arg) {
     (void)module;
@@ -1241,10 +1573,13 @@ static PyObject *walk(PyObject *module, PyObject *arg) {
             }
             PyTuple_SET_ITEM(strings, i, col);
         }
-        if (strings != NULL) {
-            result = Py_BuildValue("(LNNNNLN)", (long long)c.rows, strings, bytes_of(&c.start_ns),
+        PyObject *minivoice = strings != NULL ? mv_capsule(&c) : NULL;
+        if (minivoice == NULL) {
+            Py_CLEAR(strings);
+        } else {
+            result = Py_BuildValue("(LNNNNLNN)", (long long)c.rows, strings, bytes_of(&c.start_ns),
                                    bytes_of(&c.end_ns), bytes_of(&c.event_offsets), (long long)c.events,
-                                   bytes_of(&c.event_time));
+                                   bytes_of(&c.event_time), minivoice);
         }
     } else if (r == BAIL) {
         result = Py_NewRef(Py_None);
@@ -1294,7 +1629,87 @@ static PyObject *py_json_double(PyObject *module, PyObject *arg) {
     return result;
 }
 
+PyDoc_STRVAR(set_minivoice_fields_doc,
+             "set_minivoice_fields(fields: Sequence[tuple[str, int]]) -> None\n\n"
+             "The fields of the minivoice column, in order: (span attribute, kind) with kind 0 string,\n"
+             "1 int64, 2 float64, 3 bool, 4 list<string> (pipeline.otlp.MINIVOICE_KINDS).");
+
+static void mv_fields_free(MvField *fields, Py_ssize_t n) {
+    if (fields == NULL) return;
+    for (Py_ssize_t i = 0; i < n; i++) PyMem_RawFree(fields[i].key);
+    PyMem_RawFree(fields);
+}
+
+static PyObject *set_minivoice_fields(PyObject *module, PyObject *arg) {
+    (void)module;
+    PyObject *seq = PySequence_Fast(arg, "set_minivoice_fields() takes a sequence of (attribute, kind)");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > 4096) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many minivoice fields");
+        return NULL;
+    }
+    size_t size = 16;
+    while (size < 4 * (size_t)n) size *= 2;
+    MvField *fields = PyMem_RawCalloc((size_t)n + 1, sizeof(MvField));
+    uint32_t *table = PyMem_RawCalloc(size, sizeof(uint32_t));
+    if (fields == NULL || table == NULL) {
+        PyMem_RawFree(fields);
+        PyMem_RawFree(table);
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *key;
+        Py_ssize_t klen;
+        int kind;
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "s#i", &key, &klen, &kind)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "each field is a tuple (attribute, kind)");
+            goto fail;
+        }
+        if (kind < MV_STRING || kind > MV_STRINGS) {
+            PyErr_Format(PyExc_ValueError, "field %zd: unknown kind %d", i, kind);
+            goto fail;
+        }
+        fields[i].key = PyMem_RawMalloc((size_t)klen + 1);
+        if (fields[i].key == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(fields[i].key, key, (size_t)klen);
+        fields[i].klen = (size_t)klen;
+        fields[i].hash = key_hash(fields[i].key, fields[i].klen);
+        fields[i].kind = kind;
+        size_t slot = fields[i].hash & (size - 1);
+        while (table[slot]) {
+            const MvField *other = &fields[table[slot] - 1];
+            if (other->klen == fields[i].klen && memcmp(other->key, fields[i].key, fields[i].klen) == 0) {
+                PyErr_Format(PyExc_ValueError, "attribute %R is listed twice", item);
+                goto fail;
+            }
+            slot = (slot + 1) & (size - 1);
+        }
+        table[slot] = (uint32_t)i + 1;
+    }
+    Py_DECREF(seq);
+    mv_fields_free(mv_fields, mv_count);
+    PyMem_RawFree(mv_table);
+    mv_fields = fields;
+    mv_count = (int)n;
+    mv_table = table;
+    mv_mask = size - 1;
+    Py_RETURN_NONE;
+fail:
+    mv_fields_free(fields, n);
+    PyMem_RawFree(table);
+    Py_DECREF(seq);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"set_minivoice_fields", set_minivoice_fields, METH_O, set_minivoice_fields_doc},
     {"walk", walk, METH_O, walk_doc},
     {"count_valid", count_valid, METH_O, count_valid_doc},
     {"json_double", py_json_double, METH_O, json_double_doc},

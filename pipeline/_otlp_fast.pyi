@@ -1,13 +1,20 @@
 """Types of the C decoder (pipeline/_otlp_fast.c); see pipeline.otlp for how it is used."""
 
+from collections.abc import Sequence
+
 class OwnedBuffer:
     """Read-only bytes made by the decoder (buffer protocol; pa.py_buffer wraps it, no copy)."""
 
 #: validity bitmap (None: no nulls), int32 offsets, data, null count
 StringColumn = tuple[OwnedBuffer | None, OwnedBuffer, OwnedBuffer, int]
 
-def walk(
-    body: bytes, /
-) -> tuple[int, tuple[StringColumn, ...], OwnedBuffer, OwnedBuffer, OwnedBuffer, int, OwnedBuffer] | None: ...
+#: rows, string columns, start_ns, end_ns, event offsets, event count, event times, and the
+#: `minivoice` struct column as an "arrow_array" PyCapsule (Arrow C data interface)
+Columns = tuple[
+    int, tuple[StringColumn, ...], OwnedBuffer, OwnedBuffer, OwnedBuffer, int, OwnedBuffer, object
+]
+
+def walk(body: bytes, /) -> Columns | None: ...
 def count_valid(body: bytes, /) -> int | None: ...
 def json_double(value: float, /) -> bytes: ...
+def set_minivoice_fields(fields: Sequence[tuple[str, int]], /) -> None: ...

@@ -12,7 +12,9 @@ handles before handing the rest to protobuf's own `json_format.ParseDict`:
 - Unknown fields are ignored (the spec asks receivers to be lenient).
 
 An id that is not hex at all makes the whole request undecodable (400): the sender is not speaking
-OTLP JSON.
+OTLP JSON. A time over 2**63-1 ns (a valid uint64 that the stored int64 columns cannot hold) makes
+the span unusable (partial success), as in the protobuf path (`pipeline.otlp.time_problem`); a
+time that is not a uint64 at all is left to ParseDict (400).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import orjson
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from pipeline.otlp import OTLPDecodeError, Validation
+from pipeline.otlp import INT64_MAX, OTLPDecodeError, Validation
 
 _HEX = frozenset(string.hexdigits)
+_TIME_FIELDS = (("startTimeUnixNano", "start_time_unix_nano"), ("endTimeUnixNano", "end_time_unix_nano"))
 _ID_FIELDS = (("traceId", "trace_id", 16), ("spanId", "span_id", 8), ("parentSpanId", "parent_span_id", 8))
 
 
@@ -55,6 +58,37 @@ def _hex_to_base64(value: Any, where: str) -> tuple[str | None, float]:
         return None, len(value) / 2
     raw = bytes.fromhex(value)
     return base64.b64encode(raw).decode("ascii"), len(raw)
+
+
+def _nanos(value: Any) -> int | None:
+    """A JSON time (uint64 as a number or a decimal string) as an int; None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):  # orjson reads integers over 2**64-1 as floats
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _field(container: dict[str, Any], camel: str, snake: str) -> Any:
+    return container.get(camel) if camel in container else container.get(snake)
+
+
+def _time_problem(span: dict[str, Any], where: str) -> str | None:
+    """Why a span's times cannot be stored (over INT64_MAX nanoseconds), or None."""
+    for camel, snake in _TIME_FIELDS:
+        nanos = _nanos(_field(span, camel, snake))
+        if nanos is not None and nanos > INT64_MAX:
+            return f"{snake} {nanos} is over 2**63-1"
+    for index, event in enumerate(_list(span, "events", "events", where)):
+        if isinstance(event, dict):  # anything else: ParseDict's error (400)
+            nanos = _nanos(_field(event, "timeUnixNano", "time_unix_nano"))
+            if nanos is not None and nanos > INT64_MAX:
+                return f"events[{index}].time_unix_nano {nanos} is over 2**63-1"
+    return None
 
 
 def _convert_span(span: dict[str, Any], where: str) -> str | None:
@@ -88,7 +122,7 @@ def _convert_span(span: dict[str, Any], where: str) -> str | None:
             if key in link:
                 encoded, _length = _hex_to_base64(link[key], f"{where}.links[{l_index}].{camel}")
                 link[key] = encoded or ""
-    return problem
+    return problem or _time_problem(span, where)
 
 
 def parse_json(body: bytes) -> tuple[ExportTraceServiceRequest, Validation]:

@@ -170,6 +170,39 @@ def test_gzip_json_and_partial_success(ingest: RunningIngest, client: httpx.Clie
     assert len(_stored(ingest, "span_id = '00000000000000a1'")) == 1
 
 
+def test_json_times_over_int64_are_rejected_as_partial_success(
+    ingest: RunningIngest, client: httpx.Client
+) -> None:
+    """As in the protobuf path: such a span is refused in the response, not acknowledged then lost."""
+    document = json.loads(json.dumps(SPEC_VECTOR))
+    spans = document["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    template = dict(spans[0], attributes=[{"key": "minivoice.call_id", "value": {"stringValue": "call_t"}}])
+    late_start = dict(
+        template, spanId="00000000000000b2", name="late", startTimeUnixNano="9223372036854775808"
+    )
+    late_end = dict(template, spanId="00000000000000b3", name="end", endTimeUnixNano=18446744073709551615)
+    late_event = dict(
+        template,
+        spanId="00000000000000b4",
+        name="event",
+        events=[{"timeUnixNano": "1544712660500000000"}, {"timeUnixNano": "9223372036854775808"}],
+    )
+    edge = dict(template, spanId="00000000000000b5", name="edge", endTimeUnixNano=str(2**63 - 1))
+    good = dict(template, spanId="00000000000000b1", name="good")
+    document["resourceSpans"][0]["scopeSpans"][0]["spans"] = [good, late_start, late_end, late_event, edge]
+    response = _post(client, ingest, json.dumps(document).encode(), **JSON_TYPE)
+    assert response.status_code == 200
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "3"
+    message = partial["errorMessage"]
+    assert "spans[1] (name 'late'): start_time_unix_nano 9223372036854775808 is over 2**63-1" in message
+    assert "spans[2] (name 'end'): end_time_unix_nano 18446744073709551615 is over 2**63-1" in message
+    assert "spans[3] (name 'event'): events[1].time_unix_nano 9223372036854775808 is over 2**63-1" in message
+    rows = _stored(ingest, "call_id = 'call_t'")  # one request: one WAL record, rolled up at once
+    stored = sorted((row["name"], row["end_ns"]) for row in rows)
+    assert stored == [("edge", 2**63 - 1), ("good", 1544712661000000000)]
+
+
 def test_protobuf_partial_success(ingest: RunningIngest, client: httpx.Client) -> None:
     request = sample_request(3, seed=77)
     spans = request.resource_spans[0].scope_spans[0].spans

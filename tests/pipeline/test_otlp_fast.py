@@ -2,7 +2,8 @@
 
 - Random ExportTraceServiceRequests (hypothesis: every AnyValue kind, unicode with control and
   astral characters, int64 extremes, NaN/inf/-0.0/subnormals, nested arrays and kvlists, repeated
-  keys, events, links, status, several resources and scopes, bad ids, times over int64):
+  keys, events, links, status, several resources and scopes, bad ids, times over int64, the typed
+  `minivoice` column's attributes with values of the right and of every wrong type):
   `decode_protobuf` (C, deferring to Python when it must) gives exactly the Python path's table,
   rejections included; on requests with nothing to defer, the C path itself is what answered.
 - Wire-format cases serialization never makes (a singular message sent twice, a oneof set twice,
@@ -39,6 +40,7 @@ from pipeline.otlp import (
     validate_request,
 )
 from pipeline.samples import sample_request
+from pipeline.schema import MINIVOICE_COLUMN, MINIVOICE_FIELDS, MINIVOICE_TYPE
 
 fast = otlp._otlp_fast
 needs_fast = pytest.mark.skipif(fast is None, reason="pipeline._otlp_fast is not built")
@@ -60,9 +62,17 @@ TEXT = st.text(
     ),
     max_size=12,
 )
-# Few distinct keys, so repeated keys happen; the promoted ones among them.
+#: Attributes of the typed `minivoice` column: the first field of each kind, and a few more.
+MV_KIND_OF = dict(otlp.MINIVOICE_KINDS)
+MV_KEYS = sorted(
+    {next(a for a, k in otlp.MINIVOICE_KINDS if k == kind) for kind in set(MV_KIND_OF.values())}
+    | {"minivoice.close.code", "minivoice.answer_url.latency_ms", "minivoice.stream.tracks"}
+)
+# Few distinct keys, so repeated keys happen; the promoted ones and the typed ones among them.
 KEYS = st.one_of(
-    st.sampled_from(["a", "b", "minivoice.call_id", "callscope.source", "service.name", ""]), TEXT
+    st.sampled_from(["a", "b", "minivoice.call_id", "callscope.source", "service.name", ""]),
+    st.sampled_from(MV_KEYS),
+    TEXT,
 )
 INT64 = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, -1, 2**63 - 1, -(2**63), 2**53 + 1]))
 DOUBLES = st.one_of(
@@ -107,6 +117,32 @@ def any_values(draw: Any, plain: bool, depth: int = 0) -> AnyValue:
     return value
 
 
+def _string_array(draw: Any) -> AnyValue:
+    """An array of strings (the list<string> fields' type), sometimes with one odd element."""
+    value = AnyValue()
+    value.array_value.SetInParent()
+    items = [AnyValue(string_value=text) for text in draw(st.lists(TEXT, max_size=3))]
+    if draw(st.integers(0, 3)) == 0:
+        items.insert(draw(st.integers(0, len(items))), _scalar_value(draw))
+    value.array_value.values.extend(items)
+    return value
+
+
+def _typed_value(draw: Any, kind: int) -> AnyValue:
+    """A value of the type a `minivoice` field of `kind` takes (a double field also takes ints)."""
+    if kind == otlp.MV_STRING:
+        return AnyValue(string_value=draw(TEXT))
+    if kind == otlp.MV_INT:
+        return AnyValue(int_value=draw(INT64))
+    if kind == otlp.MV_DOUBLE:
+        if draw(st.booleans()):
+            return AnyValue(int_value=draw(INT64))
+        return AnyValue(double_value=draw(DOUBLES))
+    if kind == otlp.MV_BOOL:
+        return AnyValue(bool_value=draw(st.booleans()))
+    return _string_array(draw)
+
+
 @st.composite
 def key_values(draw: Any, plain: bool, depth: int = 0, max_size: int = 4) -> list[KeyValue]:
     """A KeyValue list; a KeyValue may lack its value. Not `plain`: keys repeat, and the promoted
@@ -118,6 +154,8 @@ def key_values(draw: Any, plain: bool, depth: int = 0, max_size: int = 4) -> lis
             result.append(KeyValue(key=key))
         elif plain and key in PROMOTED:
             result.append(KeyValue(key=key, value=AnyValue(string_value=draw(TEXT))))
+        elif key in MV_KIND_OF and draw(st.booleans()):  # else any value: mostly the wrong type
+            result.append(KeyValue(key=key, value=_typed_value(draw, MV_KIND_OF[key])))
         else:
             result.append(KeyValue(key=key, value=draw(any_values(plain, depth))))
     return result
@@ -191,6 +229,27 @@ def _python(body: bytes) -> otlp.DecodedBatch:
     return request_to_table(parse_protobuf(body), 42)
 
 
+def comparable(table: pa.Table) -> pa.Table:
+    """`table` with the `minivoice` doubles as their bit patterns: Arrow's equality says NaN != NaN,
+    and -0.0 == 0.0; bits tell both apart exactly."""
+    column = table[MINIVOICE_COLUMN].combine_chunks()
+    children = [
+        column.field(index).view(pa.int64()) if field.type == pa.float64() else column.field(index)
+        for index, field in enumerate(MINIVOICE_TYPE)
+    ]
+    names = [field.name for field in MINIVOICE_TYPE]
+    bits = pa.StructArray.from_arrays(children, names=names, mask=column.is_null())
+    return table.set_column(table.schema.get_field_index(MINIVOICE_COLUMN), MINIVOICE_COLUMN, bits)
+
+
+def assert_tables_equal(got: pa.Table, expected: pa.Table) -> None:
+    assert got.schema == expected.schema
+    got, expected = comparable(got), comparable(expected)
+    if not got.equals(expected):  # a readable diff first
+        assert got.to_pylist() == expected.to_pylist()
+    assert got.equals(expected)
+
+
 def assert_same(body: bytes) -> otlp.DecodedBatch | None:
     """decode_protobuf (C where it can) equals the Python path; returns the C-only result."""
     try:
@@ -200,16 +259,13 @@ def assert_same(body: bytes) -> otlp.DecodedBatch | None:
             decode_protobuf(body, 42)
         return None
     got = decode_protobuf(body, 42)
-    assert got.table.schema == expected.table.schema
-    if not got.table.equals(expected.table):  # a readable diff first
-        assert got.table.to_pylist() == expected.table.to_pylist()
-    assert got.table.equals(expected.table)
+    assert_tables_equal(got.table, expected.table)
     assert (got.rejected, got.reasons) == (expected.rejected, expected.reasons)
     request = parse_protobuf(body)
     assert validate_request(request, body) == validate_request(request)
     only_c = fast_request_to_table(body, 42)
     if only_c is not None:
-        assert only_c.table.equals(expected.table)
+        assert_tables_equal(only_c.table, expected.table)
         assert only_c.rejected == 0
     return only_c
 
@@ -243,6 +299,135 @@ def test_realistic_batches_take_the_c_path() -> None:
         assert only_c is not None
         assert only_c.accepted == 512
         assert fast.count_valid(body) == 512
+
+
+def _array(*items: AnyValue) -> AnyValue:
+    value = AnyValue()
+    value.array_value.SetInParent()
+    value.array_value.values.extend(items)
+    return value
+
+
+def _kvlist() -> AnyValue:
+    value = AnyValue()
+    value.kvlist_value.values.add(key="k", value=AnyValue(string_value="v"))
+    return value
+
+
+def S(value: str) -> AnyValue:  # one letter per AnyValue kind keeps CONVERSIONS readable
+    return AnyValue(string_value=value)
+
+
+def N(value: int) -> AnyValue:
+    return AnyValue(int_value=value)
+
+
+def D(value: float) -> AnyValue:
+    return AnyValue(double_value=value)
+
+
+def B(value: bool) -> AnyValue:
+    return AnyValue(bool_value=value)
+
+
+#: (field, attribute value, the field's value): the conversion rules of pipeline/schema.py.
+CONVERSIONS = [
+    ("event", S("call.answered"), "call.answered"),
+    ("event", S(""), ""),
+    ("event", N(5), None),
+    ("event", B(True), None),
+    ("event", D(1.0), None),
+    ("event", AnyValue(bytes_value=b"x"), None),
+    ("event", _array(S("a")), None),
+    ("event", _kvlist(), None),
+    ("event", AnyValue(), None),
+    ("close_code", N(1000), 1000),
+    ("close_code", N(-(2**63)), -(2**63)),
+    ("close_code", D(1000.0), None),
+    ("close_code", S("1000"), None),
+    ("close_code", B(True), None),
+    ("latency_ms", D(12.5), 12.5),
+    ("latency_ms", D(-0.0), -0.0),
+    ("latency_ms", D(math.inf), math.inf),
+    ("latency_ms", D(math.nan), math.nan),
+    ("latency_ms", N(12), 12.0),
+    ("latency_ms", N(2**63 - 1), float(2**63 - 1)),
+    ("latency_ms", S("NaN"), None),
+    ("latency_ms", B(False), None),
+    ("action_valid", B(True), True),
+    ("action_valid", B(False), False),
+    ("action_valid", N(1), None),
+    ("action_valid", S("true"), None),
+    ("action_types", _array(S("start_stream"), S("play")), ["start_stream", "play"]),
+    ("action_types", _array(), []),
+    ("action_types", _array(S("a"), N(1)), None),
+    ("action_types", _array(S("a"), AnyValue(bytes_value=b"a")), None),
+    ("action_types", _array(S("a"), AnyValue()), None),
+    ("action_types", _array(_array(S("a"))), None),
+    ("action_types", S("start_stream"), None),
+]
+_ATTRIBUTE_OF = {name: attribute for name, attribute, _ in MINIVOICE_FIELDS}
+
+
+def _same_value(got: Any, expected: Any) -> bool:
+    if isinstance(expected, float):  # NaN and -0.0 exactly
+        return isinstance(got, float) and struct.pack("<d", got) == struct.pack("<d", expected)
+    return type(got) is type(expected) and got == expected
+
+
+def test_minivoice_conversions_in_both_decoders() -> None:
+    """One span per case; every other field of the struct is null, and the struct itself is not."""
+    request = ExportTraceServiceRequest()
+    scope_spans = request.resource_spans.add().scope_spans.add()
+    for index, (field, value, _) in enumerate(CONVERSIONS):
+        span_id = (index + 1).to_bytes(8, "big")
+        span = scope_spans.spans.add(trace_id=b"\x01" * 16, span_id=span_id, name=field)
+        span.attributes.add(key=_ATTRIBUTE_OF[field], value=value)
+        span.attributes.add(key="minivoice.call_id", value=AnyValue(string_value="call_1"))
+    body = request.SerializeToString()
+    decoders = {"python": request_to_table(request, 1)}
+    if fast is not None:
+        only_c = fast_request_to_table(body, 1)
+        assert only_c is not None
+        decoders["c"] = only_c
+    for decoder, batch in decoders.items():
+        column = batch.table[MINIVOICE_COLUMN]
+        assert column.null_count == 0
+        for row, (field, value, expected) in zip(column.to_pylist(), CONVERSIONS, strict=True):
+            assert _same_value(row[field], expected), (decoder, field, value, row[field])
+            assert all(v is None for name, v in row.items() if name != field), (decoder, field)
+
+
+def test_minivoice_of_a_realistic_batch() -> None:
+    """What the collectors send (pipeline.samples) lands in the typed fields."""
+    rows = decode_protobuf(sample_request(5, seed=9).SerializeToString(), 1).table.to_pylist()
+    by_name = {row["name"]: row[MINIVOICE_COLUMN] for row in rows}
+    answer, receiver, webhook = by_name["answer_url"], by_name["stream.receiver"], by_name["webhook"]
+    assert answer["http_status_code"] == 200 and isinstance(answer["latency_ms"], float)
+    assert answer["action_types"] == ["start_stream"] and answer["action_valid"] is True
+    assert answer["track"] == "both" and answer["stream_url"].startswith("wss://")
+    assert receiver["close_code"] == 1000 and receiver["closed_by"] == "platform"
+    assert receiver["stream_tracks"] == ["inbound", "outbound"] and receiver["media_frames"] > 0
+    assert receiver["stop_reason"] == "call_ended"
+    assert webhook["event"] == "call.completed" and webhook["created_at_ns"] > 0
+
+
+@needs_fast
+def test_set_minivoice_fields_checks_its_input() -> None:
+    try:
+        with pytest.raises(ValueError, match="unknown kind"):
+            fast.set_minivoice_fields([("a", 9)])
+        with pytest.raises(ValueError, match="listed twice"):
+            fast.set_minivoice_fields([("a", 0), ("a", 1)])
+        with pytest.raises(TypeError):
+            fast.set_minivoice_fields(["a"])
+        # a failed call keeps the fields it had
+        body = sample_request(3, seed=1).SerializeToString()
+        only_c = fast_request_to_table(body, 42)
+        assert only_c is not None
+        assert_tables_equal(only_c.table, _python(body).table)
+    finally:
+        fast.set_minivoice_fields(otlp.MINIVOICE_KINDS)
 
 
 # ---- wire format that serialization never produces -------------------------------------------
@@ -317,6 +502,32 @@ WIRE_CASES = {
     "event time over int64": _ld(11, _tag(1, 1) + struct.pack("<Q", 2**63) + _ld(2, b"e")),
     "end over int64": _tag(8, 1) + struct.pack("<Q", 2**64 - 1),
     "non-minimal lengths": _tag(9, 2) + b"\x88\x80\x00" + _ld(1, b"k") + _ld(2, _ld(1, b"v")),
+    # the typed `minivoice` fields
+    "typed bool 2**40": _ld(9, _kv("minivoice.action.valid", _tag(2, 0) + _varint(2**40))),
+    "typed string then int": _ld(9, _kv("minivoice.event", _ld(1, b"x") + _tag(3, 0) + _varint(5))),
+    "typed int then string": _ld(9, _kv("minivoice.track", _tag(3, 0) + _varint(5) + _ld(1, b"both"))),
+    "typed double from int -2**63": _ld(
+        9, _kv("minivoice.answer_url.latency_ms", _tag(3, 0) + _varint(2**63))
+    ),
+    "typed double from int 2**53+1": _ld(
+        9, _kv("minivoice.answer_url.latency_ms", _tag(3, 0) + _varint(2**53 + 1))
+    ),
+    "typed list element int then string": _ld(
+        9, _kv("minivoice.action.types", _ld(5, _ld(1, _tag(3, 0) + b"\x01" + _ld(1, b"play"))))
+    ),
+    "typed list element of wrong wire type": _ld(
+        9, _kv("minivoice.action.problems", _ld(5, _tag(1, 0) + b"\x01" + _ld(1, _ld(1, b"no_actions"))))
+    ),
+    "typed list with a bytes element": _ld(
+        9, _kv("minivoice.stream.tracks", _ld(5, _ld(1, _ld(1, b"inbound")) + _ld(1, _ld(7, b"\x00"))))
+    ),
+    "typed empty list": _ld(9, _kv("minivoice.error.types", _ld(5, b""))),
+    "typed list sent twice (merged)": _ld(
+        9, _kv("minivoice.action.types", _ld(5, _ld(1, _ld(1, b"a"))) + _ld(5, _ld(1, _ld(1, b"b"))))
+    ),
+    "typed key without value": _ld(9, _kv("minivoice.close.code", None)),
+    "typed key repeated": _ld(9, _kv("minivoice.close.code", _tag(3, 0) + b"\x01"))
+    + _ld(9, _kv("minivoice.close.code", _ld(1, b"1000"))),
 }
 
 
@@ -335,6 +546,24 @@ def test_what_the_c_path_answers_itself() -> None:
         assert fast_request_to_table(_wrap(BASE_SPAN + WIRE_CASES[name]), 1) is not None, name
     for name in ("status sent twice (merged)", "repeated key", "unknown group", "event time over int64"):
         assert fast_request_to_table(_wrap(BASE_SPAN + WIRE_CASES[name]), 1) is None, name
+    for name in ("typed list sent twice (merged)", "typed key repeated"):
+        assert fast_request_to_table(_wrap(BASE_SPAN + WIRE_CASES[name]), 1) is None, name
+    typed = {
+        "typed bool 2**40": ("action_valid", True),
+        "typed string then int": ("event", None),
+        "typed int then string": ("track", "both"),
+        "typed double from int -2**63": ("latency_ms", -(2.0**63)),
+        "typed double from int 2**53+1": ("latency_ms", float(2**53 + 1)),
+        "typed list element int then string": ("action_types", ["play"]),
+        "typed list element of wrong wire type": ("action_problems", ["no_actions"]),
+        "typed list with a bytes element": ("stream_tracks", None),
+        "typed empty list": ("error_types", []),
+        "typed key without value": ("close_code", None),
+    }
+    for name, (field, value) in typed.items():
+        batch = fast_request_to_table(_wrap(BASE_SPAN + WIRE_CASES[name]), 1)
+        assert batch is not None, name
+        assert batch.table[MINIVOICE_COLUMN].to_pylist()[0][field] == value, name
     row = decode_protobuf(_wrap(BASE_SPAN + WIRE_CASES["oneof string then int"]), 1).table.to_pylist()[0]
     assert row["attributes"] == '{"a":5}'
     row = decode_protobuf(_wrap(BASE_SPAN + WIRE_CASES["kind 2**32+2"]), 1).table.to_pylist()[0]
