@@ -242,16 +242,19 @@ def rules(config: RulesConfig) -> list[Rule]:
                 "track inbound, outbound or both; check a response with `callscope validate FILE`"
             ),
         ),
-        # 3. confirm the receiver accepted a WebSocket connection (only once the call completed:
-        #    an open connection is invisible until it closes).
+        # 3. confirm the receiver accepted a WebSocket connection (only once the call concluded:
+        #    an open connection is invisible until it closes). A call whose call.completed was lost
+        #    too is judged here once the grace period expires: the earlier step failed first.
         Rule(
             STREAM_NOT_CONNECTED,
             "connect",
-            "start_stream AND rx_connections = 0 AND completed_ns IS NOT NULL",
+            "start_stream AND rx_connections = 0 AND concluded",
             cat(
                 "'answer_url returned a valid start_stream to ' || coalesce(au_first_ok.stream_url, '?')",
                 "coalesce(' (track ' || au_first_ok.track || ')', '')",
-                "', but the receiver recorded no connection before call.completed'",
+                "', but the receiver recorded no connection '",
+                "CASE WHEN completed_ns IS NOT NULL THEN 'before call.completed' "
+                f"ELSE 'and no call.completed came within {config.grace_seconds} s of the call''s last span' END",
             ),
             cat(
                 "'Confirm the receiver accepts WebSocket connections at ' || "

@@ -14,7 +14,7 @@ import pytest
 from pipeline import rules
 from pipeline.rules import RulesConfig
 from pipeline.verdicts import evaluate, next_step_for
-from tests.pipeline.timeline_spans import BAD_ACTIONS, MS, T0, S, SpanFactory, span_factory
+from tests.pipeline.timeline_spans import BAD_ACTIONS, GOOD_ACTIONS, MS, T0, S, SpanFactory, span_factory
 
 LATER = T0 + 3600 * S  # long after every call here: completed calls settled, silent ones expired
 
@@ -383,3 +383,81 @@ def test_every_verdict_has_a_rule_and_a_general_next_step() -> None:
     # Failures come first, in the MiniVoice debug order.
     failure_order = list(dict.fromkeys(r.verdict for r in ordered if r.is_failure))
     assert failure_order == list(rules.FAILURE_VERDICTS)
+
+
+# ---- two faults on one call: the earliest step in the debug order wins ------------------------
+
+#: Faults a call can suffer, in MiniVoice's debug order, with the verdict each one alone gives.
+FAULTS = (
+    ("answer_url_500", "answer_url_failed"),
+    ("invalid_action", "invalid_action"),
+    ("never_connected", "stream_not_connected"),
+    ("no_media", "no_media"),
+    ("receiver_closed", "stream_dropped"),
+    ("receiver_errors", "receiver_error"),
+    ("completed_lost", "webhook_missing"),
+    ("busy", "call_failed"),
+)
+
+
+def _call_with_faults(spans: SpanFactory, call_id: str, start: int, faults: set[str]) -> None:
+    """A streaming call that suffers `faults` (a fault hides what it makes unobservable: a receiver
+    that never connected has no media to lack; a lost call.completed has no status)."""
+    end = start + 30 * S
+    spans.webhook(call_id, "call.initiated", start)
+    spans.webhook(call_id, "call.ringing", start + S)
+    spans.webhook(call_id, "call.answered", start + 2 * S)
+    if "completed_lost" not in faults:
+        spans.webhook(call_id, "call.completed", end, status="busy" if "busy" in faults else "completed")
+    spans.answer_url(
+        call_id,
+        start + 2 * S,
+        status=500 if "answer_url_500" in faults else 200,
+        body=BAD_ACTIONS if "invalid_action" in faults else GOOD_ACTIONS,
+    )
+    if "never_connected" not in faults:
+        closed = "receiver_closed" in faults
+        spans.receiver(
+            call_id,
+            start + 3 * S,
+            end - (10 * S if closed else 0),
+            frames=0 if "no_media" in faults else 500,
+            stop_reason=None if closed else "call_ended",
+            close_code=1011 if closed else 1000,
+            closed_by="receiver" if closed else "platform",
+            errors=[("invalid_json", "frame 17 is not JSON")] if "receiver_errors" in faults else (),
+        )
+
+
+def test_every_combination_of_faults_is_judged_by_its_earliest_step(spans: SpanFactory) -> None:
+    names = [name for name, _ in FAULTS]
+    combinations = [
+        {name for i, name in enumerate(names) if mask >> i & 1} for mask in range(2 ** len(names))
+    ]
+    for n, faults in enumerate(combinations):
+        _call_with_faults(spans, f"call_{n:03d}", T0 + n * 10 * S, faults)
+    judged = calls_of(spans.rows())  # an hour after the last call: every call final
+    wrong = {}
+    for n, faults in enumerate(combinations):
+        expected = next((verdict for name, verdict in FAULTS if name in faults), "ok")
+        call = judged[f"call_{n:03d}"]
+        assert call["is_final"], faults
+        if call["verdict"] != expected:
+            wrong[", ".join(sorted(faults))] = (call["verdict"], expected)
+    assert not wrong, f"(got, expected) by faults: {wrong}"
+
+
+def test_a_stream_that_never_connected_on_a_call_that_lost_completed_is_stream_not_connected(
+    spans: SpanFactory,
+) -> None:
+    _call_with_faults(spans, "call_123", T0, {"never_connected", "completed_lost"})
+    early = judge(spans, as_of=T0 + 60 * S)
+    assert (early["verdict"], early["is_final"]) == ("in_progress", False)
+    call = judge(spans)  # the grace period expired: absence can be judged
+    assert (call["verdict"], call["failure_stage"], call["is_final"]) == (
+        "stream_not_connected",
+        "connect",
+        True,
+    )
+    assert "receiver recorded no connection" in call["reason"]
+    assert "no call.completed" in call["reason"]
