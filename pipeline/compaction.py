@@ -2,7 +2,7 @@
 
 For each `DIR/spans/date=D/` with at least `min_files` small segments (under `small_bytes`):
 
-1. DuckDB reads those segments, keeps one row per (trace_id, span_id) -- the first ingested, the
+1. DuckDB reads those segments, keeps one row per (trace_id, span_id) -- the latest ingested, the
    same rule as the `spans` view -- sorts by (trace_id, start_ns) and writes one Parquet file into
    `DIR/.staging/` (outside every view's glob), which is fsync'd.
 2. Under the data directory's exclusive lock (segment writers hold it shared while renaming), a

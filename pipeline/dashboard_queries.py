@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collectors.identity import call_trace_id_hex
+from pipeline.storage import SPAN_COPY_ORDER
 
 if TYPE_CHECKING:
     import duckdb
@@ -720,7 +721,7 @@ SPAN_SEARCH_MARGIN = timedelta(hours=1)
 def call_spans(
     con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """The call's stored spans (one row per span id, first ingested copy), oldest first.
+    """The call's stored spans (one row per span id, latest ingested copy, as in `spans`), oldest first.
 
     Reads `spans_raw` filtered by the call's derived trace id and de-duplicates here: the `spans`
     view de-duplicates over every stored span before any filter. Given the call's `calls` row, it
@@ -756,7 +757,7 @@ def _epoch_ns(moment: datetime) -> int:
 def _spans_where(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[dict[str, Any]]:
     cursor = con.execute(
         "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER (PARTITION BY span_id "
-        f"ORDER BY ingested_at_ns, end_ns DESC) AS rn FROM spans_raw WHERE {where}) "
+        f"ORDER BY {SPAN_COPY_ORDER}) AS rn FROM spans_raw WHERE {where}) "
         "WHERE rn = 1 ORDER BY start_ns, span_id",
         params,
     )

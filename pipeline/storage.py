@@ -199,12 +199,19 @@ def empty_select(schema: pa.Schema, extra: dict[str, str] | None = None) -> str:
     return "SELECT " + ", ".join(columns) + " WHERE false"
 
 
+#: The order in which copies of one (trace_id, span_id) compete: the latest ingested copy wins.
+#: Retries of an OTLP request are identical (which copy wins does not matter); a span re-emitted
+#: on purpose with the same ids, such as the pipeline's `minivoice.call` root span after its
+#: verdict changed, must show its latest content. Ties: later end, then content (deterministic).
+SPAN_COPY_ORDER = "ingested_at_ns DESC, end_ns DESC, name, attributes, events::VARCHAR"
+
+
 def spans_dedup_sql(source: str) -> str:
-    """SQL keeping one row per (trace_id, span_id) of `source`: the first ingested copy wins."""
+    """SQL keeping one row per (trace_id, span_id) of `source`: the latest ingested copy wins
+    (`SPAN_COPY_ORDER`; the `spans` view and compaction both use it, so they always agree)."""
     return (
         f"SELECT * FROM {source} QUALIFY row_number() OVER ("
-        "PARTITION BY trace_id, span_id "
-        "ORDER BY ingested_at_ns, end_ns DESC, name, attributes, events::VARCHAR) = 1"
+        f"PARTITION BY trace_id, span_id ORDER BY {SPAN_COPY_ORDER}) = 1"
     )
 
 

@@ -217,7 +217,8 @@ def evaluate(spans: pa.Table, as_of_ns: int, config: RulesConfig | None = None) 
         con.execute("SET TimeZone = 'UTC'")
         con.register("spans_in", spans)
         has_column = facts_mod.MINIVOICE_COLUMN in spans.schema.names
-        # One copy of each span: first ingested wins, like the `spans` view.
+        # One copy of each span. Retries are identical; the incremental build counts the copy it saw
+        # first, so this does too (the `spans` view shows the latest, for re-emitted root spans).
         con.execute(
             "CREATE TEMP TABLE spans_unique AS SELECT * FROM spans_in "
             "QUALIFY row_number() OVER (PARTITION BY trace_id, span_id "

@@ -40,10 +40,10 @@ def test_compaction_merges_and_deduplicates(tmp_path: Path) -> None:
     with data.connect_readonly() as con:
         assert con.execute("select count(*) from spans_raw").fetchone() == (10,)
         assert con.execute("select count(*) from spans").fetchone() == (10,)
-        # The first-ingested copy is kept, as the spans view would have chosen.
+        # The latest-ingested copy is kept, as the spans view would have chosen.
         assert con.execute(
-            "select max(ingested_at_ns) from spans_raw where span_id < '0000000000000010'"
-        ).fetchone() == (1,)
+            "select min(ingested_at_ns) from spans_raw where span_id < '0000000000000010'"
+        ).fetchone() == (2,)
     assert not data.staging_dir.exists()
 
 

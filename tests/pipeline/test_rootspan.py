@@ -9,6 +9,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 from collectors.identity import call_root_span_id_hex, call_trace_id_hex
+from pipeline.compaction import compact
 from pipeline.rootspan import RootSpanEmitter
 from pipeline.storage import DataDir
 from pipeline.timeline import Timeline
@@ -129,3 +130,32 @@ def test_a_failing_endpoint_is_retried_later_without_writing_the_store_twice(
     assert len(roots(otlp_sink)) == 1
     with data.connect_readonly() as con:
         assert con.execute("SELECT count(*) FROM spans_raw WHERE source = 'pipeline'").fetchall() == [(1,)]
+
+
+def test_readers_and_compaction_see_the_latest_root_span_of_a_changed_verdict(
+    data: DataDir, spans: SpanFactory
+) -> None:
+    spans.lifecycle("call_123", T0, T0 + 20 * S)
+    spans.answer_url("call_123", T0 + 2 * S)
+    data.write_segment(spans.rows())
+    with Timeline(data) as timeline:
+        timeline.build(LATER)
+        spans.clear()
+        spans.receiver("call_123", T0 + 3 * S, T0 + 20 * S)
+        data.write_segment(spans.rows())
+        assert timeline.step(LATER).root_spans == 1
+
+    def stored_verdicts(view: str) -> list[object]:
+        with data.connect_readonly() as con:
+            rows = con.execute(
+                f"SELECT attributes->>'$.\"callscope.verdict\"' FROM {view} "
+                "WHERE name = 'minivoice.call' ORDER BY ingested_at_ns"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # Both copies share (trace_id, span_id): the re-emitted one, with the new verdict, wins.
+    assert stored_verdicts("spans_raw") == ["stream_not_connected", "ok"]
+    assert stored_verdicts("spans") == ["ok"]
+    result = compact(data, small_bytes=1 << 30)
+    assert result.duplicates_dropped == 1
+    assert stored_verdicts("spans_raw") == stored_verdicts("spans") == ["ok"]

@@ -85,7 +85,7 @@ def test_partition_by_date_handles_midnight_and_garbage_times() -> None:
     assert all(part.num_rows == 1 for part in parts.values())
 
 
-def test_spans_view_deduplicates_retries_first_ingested_wins(tmp_path: Path) -> None:
+def test_spans_view_deduplicates_retries_latest_ingested_wins(tmp_path: Path) -> None:
     data = DataDir(tmp_path)
     data.write_segment(span_rows(3, ingested_at_ns=10))
     retry = span_rows(3, ingested_at_ns=20).set_column(
@@ -94,10 +94,10 @@ def test_spans_view_deduplicates_retries_first_ingested_wins(tmp_path: Path) -> 
     data.write_segment(retry)
     with data.connect_readonly() as con:
         assert con.execute("select count(*) from spans_raw").fetchone() == (6,)
-        assert con.execute("select count(*), min(name), max(ingested_at_ns) from spans").fetchone() == (
+        assert con.execute("select count(*), min(name), min(ingested_at_ns) from spans").fetchone() == (
             3,
-            "stream.receiver",
-            10,
+            "retried",
+            20,
         )
 
 
