@@ -253,8 +253,8 @@ def rules(config: RulesConfig) -> list[Rule]:
                 "'answer_url returned a valid start_stream to ' || coalesce(au_first_ok.stream_url, '?')",
                 "coalesce(' (track ' || au_first_ok.track || ')', '')",
                 "', but the receiver recorded no connection '",
-                "CASE WHEN completed_ns IS NOT NULL THEN 'before call.completed' "
-                f"ELSE 'and no call.completed came within {config.grace_seconds} s of the call''s last span' END",
+                "CASE WHEN completed_ns IS NOT NULL THEN 'before call.completed' ELSE "
+                f"'and no call.completed came within {config.grace_seconds} s of the call''s last span' END",
             ),
             cat(
                 "'Confirm the receiver accepts WebSocket connections at ' || "
