@@ -95,14 +95,14 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.binary(), st.text(), json_values, json_values.map(json.dumps)))
 def test_never_raises(body: object) -> None:
     problems = validate_actions(body)
     assert all(p.code and p.message for p in problems)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.fixed_dictionaries(
         {

@@ -84,7 +84,7 @@ def check_invariants(stats: StreamStats, observed: int) -> None:
     assert attributes["minivoice.media.frames"] == stats.frames
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.text(max_size=200) | st.binary(max_size=200) | json_values, max_size=8))
 def test_never_raises_on_anything(messages: list[Any]) -> None:
     stats = fresh()
@@ -93,7 +93,7 @@ def test_never_raises_on_anything(messages: list[Any]) -> None:
     check_invariants(stats, len(messages))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(message_like, max_size=8), st.booleans())
 def test_never_raises_on_message_shaped_json(messages: list[dict[str, Any]], compact: bool) -> None:
     stats = fresh()
@@ -103,7 +103,7 @@ def test_never_raises_on_message_shaped_json(messages: list[dict[str, Any]], com
     check_invariants(stats, len(messages))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(valid_media, st.booleans())
 def test_fast_path_agrees_with_the_parsed_message(message: dict[str, Any], compact: bool) -> None:
     text = json.dumps(message, separators=(",", ":") if compact else None)
@@ -112,7 +112,7 @@ def test_fast_path_agrees_with_the_parsed_message(message: dict[str, Any], compa
     assert from_text.attributes() == from_dict.attributes()
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(valid_media, st.data())
 def test_a_damaged_frame_is_read_as_json_would_read_it(message: dict[str, Any], data: st.DataObject) -> None:
     """Whatever a byte of damage does to a canonical frame, the result equals json.loads' reading

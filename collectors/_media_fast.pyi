@@ -1,0 +1,3 @@
+"""Types of the C media frame reader (collectors/_media_fast.c); see collectors.media.scan_media."""
+
+def scan(message: str, /) -> tuple[int, str, int, int] | None: ...
