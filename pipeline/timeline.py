@@ -145,6 +145,27 @@ def copy_atomic(con: duckdb.DuckDBPyConnection, query: str, path: Path, *, fsync
     return path
 
 
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors `Timeline.follow` survives (the step is tried again at the next tick): I/O errors
+    (OSError: a full disk, a missing or unreadable file) and DuckDB's I/O, memory and fatal errors
+    (a fatal error invalidates the connection; the next step opens a new one)."""
+    import duckdb
+
+    return (OSError, duckdb.IOException, duckdb.OutOfMemoryException, duckdb.FatalException)
+
+
+def segment_vanished(exc: BaseException) -> bool:
+    """Whether `exc` says a file listed a moment ago is gone (compaction replaced it)."""
+    import duckdb
+
+    if isinstance(exc, FileNotFoundError):
+        return True
+    message = str(exc)
+    return isinstance(exc, duckdb.IOException) and (
+        "No files found" in message or "No such file" in message or "Cannot open file" in message
+    )
+
+
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
     """The first column of the first row (None without rows). Reads the result to its end, which
     DuckDB requires before the connection runs anything else."""
@@ -305,8 +326,21 @@ class Timeline:
     # ---- public operations -----------------------------------------------------------------
 
     def build(self, as_of_ns: int | None = None, *, full: bool = False) -> BuildSummary:
-        """Bring the outputs up to date: incrementally when state exists, else (or if `full`) fully."""
+        """Bring the outputs up to date: incrementally when state exists, else (or if `full`) fully.
+
+        A segment that vanishes between listing and reading it (background compaction merged it
+        into a new file) makes the build start over once, from a fresh listing."""
         as_of_ns = time.time_ns() if as_of_ns is None else as_of_ns
+        try:
+            return self._build_once(as_of_ns, full=full)
+        except Exception as exc:
+            if not segment_vanished(exc):
+                raise
+            logger.info("a segment was removed while the build read it (%s); building again", exc)
+            self._recover()
+            return self._build_once(as_of_ns, full=full)
+
+    def _build_once(self, as_of_ns: int, *, full: bool) -> BuildSummary:
         if full or self._state() is None:
             return self.full_build(as_of_ns)
         return self.step(as_of_ns)
@@ -318,16 +352,44 @@ class Timeline:
         stop: threading.Event | None = None,
         clock: Callable[[], int] = time.time_ns,
         on_step: Callable[[BuildSummary], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        full: bool = False,
     ) -> None:
-        """Build, then apply new spans every `interval` seconds until `stop` is set."""
+        """Build (fully if `full`), then apply new spans every `interval` seconds until `stop` is set.
+
+        A step that fails on a transient error (`transient_errors()`: a segment compacted away
+        while it was read, a full disk, an unreadable file, DuckDB out of memory) is reported to
+        `on_error` (else logged) and tried again at the next tick from the last committed state:
+        it never ends the loop. Other errors (a bug, another builder holding the lock) propagate.
+        """
         stop = stop or threading.Event()
-        summary = self.build(clock())
-        if on_step:
-            on_step(summary)
-        while not stop.wait(max(0.0, interval - summary.seconds)):
-            summary = self.step(clock())
-            if on_step and summary.mode != "idle":
-                on_step(summary)
+        transient = transient_errors()
+        first = True
+        while True:
+            started = time.monotonic()
+            try:
+                summary = self.build(clock(), full=full and first)
+            except transient as exc:
+                self._recover()
+                if on_error is not None:
+                    on_error(exc)
+                else:
+                    logger.warning("build step failed, retrying in %.1f s: %s", interval, exc)
+            else:
+                if on_step and (first or summary.mode != "idle"):
+                    on_step(summary)
+                first = False
+            if stop.wait(max(0.0, interval - (time.monotonic() - started))):
+                return
+
+    def _recover(self) -> None:
+        """After a failed step: drop the state connection (DuckDB may have invalidated it; its temp
+        tables go with it) and re-check every root span at the next step."""
+        if self._con is not None:
+            with contextlib.suppress(Exception):  # a connection DuckDB invalidated may refuse to close
+                self._con.close()
+            self._con = None
+        self._root_backlog = True
 
     # ---- full build ------------------------------------------------------------------------
 

@@ -83,10 +83,13 @@ def build(
             stop = threading.Event()
             if not quiet:
                 typer.echo(f"following {settings.data_dir} every {interval:g} s (Ctrl+C to stop)", err=True)
+
+            def failed(exc: BaseException) -> None:
+                # Transient (a compacted segment, a full disk): the next tick tries again.
+                typer.echo(f"callscope build: step failed, trying again in {interval:g} s: {exc}", err=True)
+
             try:
-                if full:
-                    report(timeline.build(full=True))
-                timeline.follow(interval, stop=stop, on_step=report)
+                timeline.follow(interval, stop=stop, on_step=report, on_error=failed, full=full)
             except KeyboardInterrupt:
                 stop.set()
     except TimelineError as exc:
