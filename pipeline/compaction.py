@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow.parquet as pq
+
+from pipeline.schema import MINIVOICE_COLUMN
 from pipeline.storage import (
     COMPRESSION,
     DataDir,
@@ -159,8 +162,12 @@ def compact(data: DataDir, *, min_files: int = 2, small_bytes: int = 64 * MiB) -
     with _compaction_lock(data):
         clean_staging(data)
         days = sorted({segment.date for segment in data.segments()})
-        for day in days:
-            inputs = _mergeable(data, data.segments(day), small_bytes)
+        batches = [
+            (day, group)
+            for day in days
+            for group in _by_layout(_mergeable(data, data.segments(day), small_bytes))
+        ]
+        for day, inputs in batches:
             if len(inputs) < max(min_files, 2):
                 continue
             data.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +189,19 @@ def compact(data: DataDir, *, min_files: int = 2, small_bytes: int = 64 * MiB) -
             result.partitions.append(PartitionResult(day, len(inputs), rows_in, rows_out, merged))
         clean_staging(data)
     return result
+
+
+def _by_layout(segments: list[Segment]) -> list[list[Segment]]:
+    """Segments with the typed `minivoice` column, and those without (older, or root spans), apart.
+
+    Merged together, the older rows would get a null `minivoice` in a file that has the column,
+    and readers take such a file as filled (they skip parsing its JSON attributes).
+    """
+    typed: list[Segment] = []
+    untyped: list[Segment] = []
+    for segment in segments:
+        (typed if MINIVOICE_COLUMN in pq.read_schema(segment.path).names else untyped).append(segment)
+    return [group for group in (typed, untyped) if group]
 
 
 def _sql_string(text: str) -> str:

@@ -64,7 +64,7 @@ MINIVOICE_FIELDS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("latency_ms", "minivoice.answer_url.latency_ms", pa.float64()),
     ("response_json", "minivoice.answer_url.response_json", pa.bool_()),
     ("response_body", "minivoice.answer_url.response_body", pa.string()),
-    ("response_truncated", "minivoice.answer_url.response_truncated", pa.bool_()),
+    # "too_large": the body was not validated, so the action fields are null (not an invalid action)
     ("validation_skipped", "minivoice.answer_url.validation_skipped", pa.string()),
     ("action_count", "minivoice.action.count", pa.int64()),
     ("action_types", "minivoice.action.types", pa.list_(pa.string())),
@@ -90,7 +90,6 @@ MINIVOICE_FIELDS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("close_reason", "minivoice.close.reason", pa.string()),
     ("closed_by", "minivoice.closed_by", pa.string()),
     ("errors", "minivoice.errors", pa.int64()),
-    ("error_types", "minivoice.error.types", pa.list_(pa.string())),
     # webhooks
     ("created_at_ns", "minivoice.webhook.created_at_unix_nano", pa.int64()),
     ("webhook_duplicate", "minivoice.webhook.duplicate", pa.bool_()),

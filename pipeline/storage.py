@@ -45,7 +45,7 @@ import fcntl
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.schema import SPAN_SCHEMA
+from pipeline.schema import MINIVOICE_COLUMN, MINIVOICE_FIELDS, SPAN_SCHEMA, UNTYPED_SPAN_SCHEMA
 from pipeline.tables import TIMELINE_EMPTY_SCHEMAS, TIMELINE_VIEWS
 
 if TYPE_CHECKING:
@@ -76,6 +76,43 @@ NS_PER_DAY = 86_400 * 1_000_000_000
 #: about 30% smaller on span rows (JSON attribute text compresses well).
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 1
+
+
+def _leaf(column: str, arrow_type: pa.DataType) -> str:
+    """The Parquet column path of a field (lists as pyarrow writes them: `x.list.element`)."""
+    return f"{column}.list.element" if pa.types.is_list(arrow_type) else column
+
+
+#: `minivoice` fields with many distinct values per segment (per call or per span).
+_HIGH_CARDINALITY_MINIVOICE = frozenset(
+    {
+        "from_masked", "to_masked", "from_hash", "to_hash", "latency_ms", "response_body", "stream_url",
+        "stream_id", "media_frames", "media_inbound_frames", "media_outbound_frames", "media_first_at_ns",
+        "media_last_at_ns", "created_at_ns",
+    }
+)  # fmt: skip
+#: Segment columns (Parquet paths) that get a dictionary: those with few distinct values per file.
+#: The others (ids, times, JSON text) fill the dictionary page, then fall back to plain encoding,
+#: so trying costs CPU for nothing. Measured on realistic roll-up segments (bench/ingest.py,
+#: docs/benchmarks.md "Ingest"): ~5% less Parquet CPU and ~16% smaller files than dictionary on all.
+SEGMENT_DICTIONARY_COLUMNS: tuple[str, ...] = (
+    "trace_state", "name", "kind", "status_code", "status_message", "service_name", "scope_name",
+    "scope_version", "source", "resource_attributes", "links", "ingested_at_ns", "events.list.element.name",
+    *(
+        _leaf(f"{MINIVOICE_COLUMN}.{name}", arrow_type)
+        for name, _, arrow_type in MINIVOICE_FIELDS
+        if name not in _HIGH_CARDINALITY_MINIVOICE
+    ),
+)  # fmt: skip
+#: Segment columns with Parquet min/max statistics: the top-level scalars, which queries filter on
+#: (ids, times, names) and segments are clustered by (arrival time; trace id after compaction). The
+#: JSON text, the events and the `minivoice` fields are never clustered: their statistics could not
+#: prune a row group, and computing them costs ~5% of the Parquet CPU.
+SEGMENT_STATISTICS_COLUMNS: tuple[str, ...] = tuple(
+    f.name
+    for f in UNTYPED_SPAN_SCHEMA
+    if f.name not in {"attributes", "resource_attributes", "events", "links"}
+)
 
 #: SQL (a SELECT over `{glob}`, the absolute glob of the table's Parquet files) for tables whose
 #: view is more than a plain scan. The timeline owns the `calls`/`call_events` entries.
@@ -111,8 +148,23 @@ def new_file_name(prefix: str = "seg") -> str:
     return f"{prefix}-{time.time_ns():020d}-{secrets.token_hex(4)}.parquet"
 
 
-def write_parquet_atomic(table: pa.Table, path: Path, *, fsync: bool = True) -> Path:
-    """Write `table` to `path` via a hidden temp file, fsync and rename. Returns `path`."""
+def _all_or_columns(option: bool | Sequence[str]) -> bool | list[str]:
+    return option if isinstance(option, bool) else list(option)
+
+
+def write_parquet_atomic(
+    table: pa.Table,
+    path: Path,
+    *,
+    fsync: bool = True,
+    use_dictionary: bool | Sequence[str] = True,
+    write_statistics: bool | Sequence[str] = True,
+) -> Path:
+    """Write `table` to `path` via a hidden temp file, fsync and rename. Returns `path`.
+
+    `use_dictionary`, `write_statistics`: as in `pyarrow.parquet.write_table` (all, none, or these
+    column paths).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as sink:
@@ -122,6 +174,8 @@ def write_parquet_atomic(table: pa.Table, path: Path, *, fsync: bool = True) -> 
                 compression=COMPRESSION,
                 compression_level=COMPRESSION_LEVEL,
                 row_group_size=128 * 1024,
+                use_dictionary=_all_or_columns(use_dictionary),
+                write_statistics=_all_or_columns(write_statistics),
             )
             sink.flush()
             if fsync:
@@ -267,13 +321,16 @@ class DataDir:
     ) -> list[Path]:
         """Write span rows as one new segment per UTC date. Atomic per file; returns the paths.
 
-        The table must have SPAN_SCHEMA's columns (extra columns are dropped, order is fixed).
+        The table must have SPAN_SCHEMA's columns (extra columns are dropped, order is fixed),
+        or UNTYPED_SPAN_SCHEMA's: a table without the `minivoice` column is written without it,
+        so a segment that has the column has it filled (readers rely on that to skip the JSON).
         `name` (default: unique, from `prefix`) is the file name in every partition; an existing
         file of that name is replaced atomically. `refresh=False` leaves the views database alone
         (the caller refreshes it).
         """
-        if table.schema != SPAN_SCHEMA:
-            table = table.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA)
+        schema = SPAN_SCHEMA if MINIVOICE_COLUMN in table.schema.names else UNTYPED_SPAN_SCHEMA
+        if table.schema != schema:
+            table = table.select(schema.names).cast(schema)
         paths: list[Path] = []
         name = name or new_file_name(prefix)
         if not name.endswith(".parquet") or "/" in name:
@@ -285,7 +342,15 @@ class DataDir:
                 if self.fsync:
                     fsync_dir(self.spans_dir)
             with self.partition_lock(exclusive=False):
-                paths.append(write_parquet_atomic(rows, directory / name, fsync=self.fsync))
+                paths.append(
+                    write_parquet_atomic(
+                        rows,
+                        directory / name,
+                        fsync=self.fsync,
+                        use_dictionary=SEGMENT_DICTIONARY_COLUMNS,
+                        write_statistics=SEGMENT_STATISTICS_COLUMNS,
+                    )
+                )
         if paths and refresh:
             self.refresh_views_if_changed()
         return paths

@@ -89,6 +89,14 @@ def test_exported_spans_are_stored_exactly(tmp_path: Path) -> None:
             }
             assert row["call_id"] == "call_123"
             assert row["source"] == "answer_url"
+            # the typed column: the attributes of MINIVOICE_FIELDS, with their types
+            typed = {name: value for name, value in row["minivoice"].items() if value is not None}
+            assert typed == {
+                "http_status_code": 200,
+                "latency_ms": 12.5,
+                "action_valid": False,
+                "action_types": ["start_stream", "play"],
+            }
             assert (row["status_code"], row["status_message"]) == ("ERROR", "stream_url_not_wss")
             event = span.events[0]
             assert row["events"] == [
@@ -102,6 +110,8 @@ def test_exported_spans_are_stored_exactly(tmp_path: Path) -> None:
             # Non-finite doubles are stored as JSON strings, so the text stays standard JSON.
             assert attributes == {"nan": "NaN", "inf": "-Infinity"}
             assert row["call_id"] is None
+            # no typed attribute: every field null, the struct itself not (the row has the column)
+            assert row["minivoice"] is not None and set(row["minivoice"].values()) == {None}
             assert row["status_code"] == "UNSET"
             assert row["events"] == []
     assert rows[0]["trace_id"] == "cf5287d0ab1438a15543223e69e6f962"  # the call's derived trace id

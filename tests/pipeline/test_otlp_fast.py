@@ -521,7 +521,7 @@ WIRE_CASES = {
     "typed list with a bytes element": _ld(
         9, _kv("minivoice.stream.tracks", _ld(5, _ld(1, _ld(1, b"inbound")) + _ld(1, _ld(7, b"\x00"))))
     ),
-    "typed empty list": _ld(9, _kv("minivoice.error.types", _ld(5, b""))),
+    "typed empty list": _ld(9, _kv("minivoice.action.problem_messages", _ld(5, b""))),
     "typed list sent twice (merged)": _ld(
         9, _kv("minivoice.action.types", _ld(5, _ld(1, _ld(1, b"a"))) + _ld(5, _ld(1, _ld(1, b"b"))))
     ),
@@ -557,7 +557,7 @@ def test_what_the_c_path_answers_itself() -> None:
         "typed list element int then string": ("action_types", ["play"]),
         "typed list element of wrong wire type": ("action_problems", ["no_actions"]),
         "typed list with a bytes element": ("stream_tracks", None),
-        "typed empty list": ("error_types", []),
+        "typed empty list": ("action_problem_messages", []),
         "typed key without value": ("close_code", None),
     }
     for name, (field, value) in typed.items():
