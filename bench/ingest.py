@@ -6,6 +6,10 @@ In the same run:
   with the pure-Python path (`request_to_table`, the decoder before the C extension) for comparison;
 - end to end with fsync on, and with --no-fsync (the durability cost);
 in --repeats interleaved rounds; figures are medians, ratios are medians of each round's ratio.
+Then the roll-up's own work per span, CPU time on one thread (medians of 5): decoding WAL records
+(`decode_protobuf(..., parsed_before=True)`) and writing the Parquet segment, with and without the
+typed `minivoice` column, with the segment write settings (`pipeline.storage`) and with pyarrow's
+defaults (dictionary and statistics on every column: the settings before), plus bytes per span.
 End to end = spans acknowledged / (time from the first request until ingest has exited cleanly,
 i.e. every acknowledged span is in a Parquet segment).
 
@@ -14,7 +18,7 @@ generator shares the machine with ingest, so it should be cheap (httpx costs ~2.
 request). CPU seconds per span of each process (clients, ingest's request path, its roll-up worker)
 are printed too: unlike spans/s, they hardly depend on what else the machine is running.
 
-Usage: .venv/bin/python bench/ingest.py [--clients 8] [--seconds 10] [--repeats 3]
+Usage: .venv/bin/python bench/ingest.py [--clients 8] [--seconds 10] [--repeats 3] [--rollup-only]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import io
 import os
 import signal
 import statistics
@@ -33,15 +38,26 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 # bench/pipeline.py would shadow the `pipeline` package when this file runs as a script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
 from pipeline.otlp import _otlp_fast, decode_protobuf, parse_protobuf, request_to_table  # noqa: E402
 from pipeline.samples import sample_request  # noqa: E402
-from pipeline.storage import DataDir  # noqa: E402
+from pipeline.schema import MINIVOICE_COLUMN  # noqa: E402
+from pipeline.storage import (  # noqa: E402
+    COMPRESSION,
+    COMPRESSION_LEVEL,
+    SEGMENT_DICTIONARY_COLUMNS,
+    SEGMENT_STATISTICS_COLUMNS,
+    DataDir,
+)
 
 BATCH = 512
 
@@ -166,6 +182,77 @@ def end_to_end(bodies: list[bytes], clients: int, seconds: float, fsync: bool) -
         )
 
 
+def _cpu_us_per_span(work: Any, spans: int, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.process_time()
+        work()
+        times.append(time.process_time() - started)
+    return statistics.median(times) * 1e6 / spans
+
+
+def _parquet_write(table: pa.Table, segment_settings: bool) -> int:
+    """Write `table` as ingest writes a segment (in memory, no fsync); returns the bytes."""
+    sink = io.BytesIO()
+    options: dict[str, Any] = (
+        {
+            "use_dictionary": list(SEGMENT_DICTIONARY_COLUMNS),
+            "write_statistics": list(SEGMENT_STATISTICS_COLUMNS),
+        }
+        if segment_settings
+        else {}
+    )
+    pq.write_table(
+        table,
+        sink,
+        compression=COMPRESSION,
+        compression_level=COMPRESSION_LEVEL,
+        row_group_size=128 * 1024,
+        **options,
+    )
+    return sink.tell()
+
+
+def per_service(body: bytes) -> bytes:
+    """The same spans with each source's spans together, as collectors deployed one per service
+    export them (sample_request mixes the three sources call by call in every request)."""
+    request = parse_protobuf(body)
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            spans = sorted(scope_spans.spans, key=lambda span: span.name)  # stable: time order kept
+            copies = [type(span)() for span in spans]
+            for copy, span in zip(copies, spans, strict=True):
+                copy.CopyFrom(span)
+            del scope_spans.spans[:]
+            scope_spans.spans.extend(copies)
+    return request.SerializeToString()
+
+
+def rollup_costs(bodies: list[bytes]) -> None:
+    """Print the roll-up's CPU per span: decoding WAL records, writing the segment (see module doc)."""
+    spans = sum(decode_protobuf(body, 1).accepted for body in bodies)
+    decode = _cpu_us_per_span(
+        lambda: [decode_protobuf(body, 1, parsed_before=True) for body in bodies], spans
+    )
+    print(f"roll-up work, one thread, {spans:,} spans (a segment): CPU us/span, bytes/span")
+    print(f"    decode WAL records (C, parsed before): {decode:.2f} us")
+    for layout, batch in (
+        ("mixed requests", bodies),
+        ("one source per request", [per_service(b) for b in bodies]),
+    ):
+        table = pa.concat_tables(
+            decode_protobuf(body, 1_700_000_000_000_000_000 + i).table for i, body in enumerate(batch)
+        )
+        untyped = table.drop_columns([MINIVOICE_COLUMN])
+        for label, rows in (("with the minivoice column", table), ("without it (as before)", untyped)):
+            for settings, name in ((True, "segment settings"), (False, "pyarrow defaults")):
+                cpu = _cpu_us_per_span(
+                    lambda rows=rows, settings=settings: _parquet_write(rows, settings), spans
+                )
+                size = _parquet_write(rows, settings) / spans
+                print(f"    Parquet, {layout:22s} {label:26s} {name:17s} {cpu:5.2f} us  {size:5.1f} B")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,9 +260,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rollup-only", action="store_true", help="only the roll-up cost breakdown")
     args = parser.parse_args()
 
     bodies = [sample_request(BATCH, seed=seed).SerializeToString() for seed in range(64)]
+    if args.rollup_only:
+        rollup_costs([sample_request(BATCH, seed=seed).SerializeToString() for seed in range(64, 264)])
+        return
     print(
         f"batches of {BATCH} spans, {len(bodies[0]) / BATCH:.0f} bytes/span on the wire, "
         f"{args.clients} clients, {args.seconds:g} s per run, median of {args.repeats}; "
@@ -228,6 +319,8 @@ def main() -> None:
         f"target: >= 100,000 spans/s end to end: {results[True][0] / 100_000:.2f}x of target; "
         f">= 0.5x decode-only: {results[True][1]:.2f}x; load average {os.getloadavg()[0]:.1f} at the end"
     )
+    # 200 distinct batches (~100k spans, one roll-up segment's worth), unlike the 64 reused above
+    rollup_costs([sample_request(BATCH, seed=seed).SerializeToString() for seed in range(64, 264)])
 
 
 if __name__ == "__main__":
