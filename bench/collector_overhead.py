@@ -31,8 +31,11 @@ import base64
 import json
 import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,10 +47,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: E402
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noqa: E402
 from websockets.exceptions import ConnectionClosedOK  # noqa: E402
 from websockets.frames import Close  # noqa: E402
 
+from collectors import logs  # noqa: E402
 from collectors.media import StreamStats  # noqa: E402
 from collectors.receiver import InstrumentedConnection, ReceiverSession  # noqa: E402
 from collectors.tracing import TracerSource  # noqa: E402
@@ -205,21 +209,27 @@ def bench_media(count: int, repeats: int, chunk: int) -> dict[str, float]:
 
 # -- answer_url -----------------------------------------------------------------------------------
 
-ANSWER_BODY = json.dumps(
-    {
-        "event": "call.answered",
-        "created_at": "2026-05-29T12:09:58Z",
-        "call": {
-            "id": "call_123",
-            "customer_id": "cust_123",
-            "application_id": "app_123",
-            "status": "in-progress",
-            "direction": "outbound",
-            "from": "+15551230001",
-            "to": "+15551230002",
-        },
-    }
-).encode()
+TO_NUMBER = "+15551230002"  # the service's own number: the same in every call
+
+
+def answer_body(index: int) -> bytes:
+    """A realistic `call.answered` body: its own call id and caller number for every request (so
+    nothing per call can be cached), the service's number constant, as in real traffic."""
+    return json.dumps(
+        {
+            "event": "call.answered",
+            "created_at": "2026-05-29T12:09:58Z",
+            "call": {
+                "id": f"call_{index:09d}",
+                "customer_id": "cust_123",
+                "application_id": "app_123",
+                "status": "in-progress",
+                "direction": "inbound",
+                "from": f"+1555{index % 10_000_000:07d}",
+                "to": TO_NUMBER,
+            },
+        }
+    ).encode()
 
 
 class DiscardingExporter(SpanExporter):
@@ -233,13 +243,21 @@ class DiscardingExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def answer_apps() -> tuple[Any, Any, TracerProvider, DiscardingExporter]:
+VARIANTS = ("bare", "instrumented", "instrumented+logs")
+"""bare: the Starlette app alone; instrumented: wrapped in AnswerUrlMiddleware (batch span
+processor); instrumented+logs: the same, also writing its JSON log line to a file."""
+
+
+def answer_app(variant: str, *, exporter: SpanExporter | None = None, log_dir: str | None = None) -> Any:
+    """The answer_url app of one variant. `exporter` defaults to one that discards; the logs of
+    `instrumented+logs` go to `log_dir` (a temporary directory by default)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from collectors import AnswerUrlMiddleware
+    from collectors import AnswerUrlMiddleware, write_logs_to
+    from collectors.tracing import CountingBatchSpanProcessor
 
     async def answer(request: Request) -> JSONResponse:
         call = (await request.json())["call"]
@@ -255,21 +273,20 @@ def answer_apps() -> tuple[Any, Any, TracerProvider, DiscardingExporter]:
             }
         )
 
-    exporter = DiscardingExporter()
+    app = Starlette(routes=[Route("/answer", answer, methods=["POST"])])
+    if variant == "bare":
+        return app
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    bare = Starlette(routes=[Route("/answer", answer, methods=["POST"])])
-    instrumented = AnswerUrlMiddleware(
-        Starlette(routes=[Route("/answer", answer, methods=["POST"])]),
-        path="/answer",
-        tracer_provider=provider,
-        pii_key=b"bench-key",
-    )
-    return bare, instrumented, provider, exporter
+    provider.add_span_processor(CountingBatchSpanProcessor(exporter or DiscardingExporter()))
+    if variant == "instrumented+logs":
+        write_logs_to(log_dir or tempfile.mkdtemp(prefix="callscope-bench-logs-"))
+    elif variant != "instrumented":
+        raise ValueError(variant)
+    return AnswerUrlMiddleware(app, path="/answer", tracer_provider=provider, pii_key=b"bench-key")
 
 
-async def asgi_request(app: Any) -> int:
-    scope = {
+def asgi_scope(body: bytes) -> dict[str, Any]:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -281,93 +298,246 @@ async def asgi_request(app: Any) -> int:
         "query_string": b"",
         "headers": [
             (b"host", b"app.example.com"),
+            (b"user-agent", b"MiniVoice-Webhooks/2.1"),
+            (b"accept", b"*/*"),
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(ANSWER_BODY)).encode()),
-            (b"x-minivoice-call-id", b"call_123"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-minivoice-signature", b"t=1780056598,v1=5d41402abc4b2a76b9719d911017c592"),
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
-    pending = [{"type": "http.request", "body": ANSWER_BODY, "more_body": False}]
+
+
+async def asgi_request(app: Any, body: bytes) -> tuple[int, int]:
+    """One POST /answer through `app` in-process: (ns until the response's last byte was sent,
+    ns until the app returned, i.e. with the work done after the response)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
     status = 0
+    last_byte = 0
 
     async def receive() -> Any:
         return pending.pop() if pending else {"type": "http.disconnect"}
 
     async def send(message: Any) -> None:
-        nonlocal status
+        nonlocal status, last_byte
         if message["type"] == "http.response.start":
             status = message["status"]
+        elif not message.get("more_body", False):
+            last_byte = time.perf_counter_ns()
 
-    await app(scope, receive, send)
-    return status
-
-
-def median_us(samples: list[int]) -> float:
-    return statistics.median(samples) / 1000
-
-
-def bench_answer_url_in_process(requests: int, block: int = 100) -> float:
-    bare, instrumented, provider, exporter = answer_apps()
-
-    async def run() -> tuple[list[int], list[int]]:
-        latencies: dict[str, list[int]] = {"bare": [], "instrumented": []}
-        for _ in range(50):  # warm up both
-            await asyncio_request_pair(bare, instrumented)
-        for start in range(0, requests, block):
-            for name, app in (("bare", bare), ("instrumented", instrumented)):
-                for _ in range(min(block, requests - start)):
-                    began = time.perf_counter_ns()
-                    status = await asgi_request(app)
-                    latencies[name].append(time.perf_counter_ns() - began)
-                    assert status == 200
-        return latencies["bare"], latencies["instrumented"]
-
-    bare_ns, instrumented_ns = asyncio.run(run())
-    provider.force_flush()
-    provider.shutdown()
-    assert exporter.spans >= requests, exporter.spans
-    return report_answer_url("in-process ASGI", bare_ns, instrumented_ns)
+    began = time.perf_counter_ns()
+    await app(asgi_scope(body), receive, send)
+    done = time.perf_counter_ns()
+    assert status == 200 and last_byte, status
+    return last_byte - began, done - began
 
 
-async def asyncio_request_pair(bare: Any, instrumented: Any) -> None:
-    await asgi_request(bare)
-    await asgi_request(instrumented)
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def bench_answer_url_loopback(requests: int, block: int = 50) -> float:
+def load() -> str:
+    return "/".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+class Rounds:
+    """Per-request latencies (ns) per variant and round; figures are medians over rounds of each
+    round's statistic, and `added` pairs each round's instrumented figure with its bare one."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[list[int]]] = {}
+
+    def add(self, round_index: int, variant: str, ns: int) -> None:
+        rounds = self.samples.setdefault(variant, [])
+        while len(rounds) <= round_index:
+            rounds.append([])
+        rounds[round_index].append(ns)
+
+    def stat(self, variant: str, fraction: float) -> list[float]:
+        return [percentile(r, fraction) / 1000 for r in self.samples[variant]]
+
+    def row(self, label: str, variant: str) -> dict[str, float]:
+        median, p99 = self.stat(variant, 0.5), self.stat(variant, 0.99)
+        bare_median, bare_p99 = self.stat("bare", 0.5), self.stat("bare", 0.99)
+        added = [m - b for m, b in zip(median, bare_median, strict=True)]
+        added_p99 = [m - b for m, b in zip(p99, bare_p99, strict=True)]
+        figures = {
+            "median": statistics.median(median),
+            "p99": statistics.median(p99),
+            "added": statistics.median(added),
+            "added_p99": statistics.median(added_p99),
+        }
+        per_round = ", ".join(f"{a:+.1f}" for a in added)
+        print(
+            f"| {label:<44} | {figures['median']:8.1f} | {figures['added']:+8.1f} | {per_round:<24} |"
+            f" {figures['p99']:8.1f} | {figures['added_p99']:+8.1f} |"
+        )
+        return figures
+
+
+def table_header(first: str) -> None:
+    print(
+        f"| {first:<44} | {'median':>8} | {'added':>8} | {'added per round':<24} | {'p99':>8} |"
+        f" {'added':>8} |"
+    )
+    print(f"| {'-' * 44} | {'-' * 8} | {'-' * 8} | {'-' * 24} | {'-' * 8} | {'-' * 8} |")
+
+
+def bench_answer_url_in_process(requests: int, rounds: int) -> dict[str, float]:
+    """Each round sends `requests` requests to every variant, interleaved request by request (the
+    order rotating), so load from elsewhere hits every variant alike."""
+    apps = {variant: answer_app(variant) for variant in VARIANTS}
+    bodies = [answer_body(index) for index in range(requests * rounds + 200)]
+    last_byte, returned = Rounds(), Rounds()
+    # The collectors' loggers are process-wide: on only while the +logs variant runs.
+    log = logs.logger_for("answer_url")
+
+    async def run() -> None:
+        for index in range(200):  # warm up every variant
+            for variant, app in apps.items():
+                log.disabled = variant != "instrumented+logs"
+                await asgi_request(app, bodies[index])
+        for round_index in range(rounds):
+            for index in range(requests):
+                body = bodies[200 + round_index * requests + index]
+                order = VARIANTS[index % 3 :] + VARIANTS[: index % 3]
+                for variant in order:
+                    log.disabled = variant != "instrumented+logs"
+                    to_last_byte, to_return = await asgi_request(apps[variant], body)
+                    last_byte.add(round_index, variant, to_last_byte)
+                    returned.add(round_index, variant, to_return)
+
+    print(f"\nanswer_url in-process ASGI: {rounds} rounds x {requests:,} requests per variant, load {load()}")
+    asyncio.run(run())
+    print("load at the end", load())
+    results = {}
+    print("\nLatency: until the response's last byte is sent (what the client waits for), us")
+    table_header("variant")
+    for variant in VARIANTS:
+        results[f"latency {variant}"] = last_byte.row(variant, variant)["added"]
+    print("\nCPU per request: until the app returns, i.e. with the collector's work after the response, us")
+    table_header("variant")
+    for variant in VARIANTS:
+        results[f"total {variant}"] = returned.row(variant, variant)["added"]
+    return results
+
+
+# -- answer_url over loopback: each app under its own uvicorn process ------------------------------
+
+
+def serve(variant: str, otlp_endpoint: str | None, log_dir: str | None) -> None:
+    """Child process: serve one variant (or `sink`, an OTLP endpoint that accepts and discards)
+    with uvicorn on a free loopback port; print the port, serve until SIGTERM, print the stats."""
+    import socket
+
+    import uvicorn
+
+    from collectors import counters
+
+    if variant == "sink":
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            while (await receive()).get("more_body"):
+                pass
+            headers = [(b"content-type", b"application/x-protobuf")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+
+    else:
+        exporter = None
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=otlp_endpoint)
+        app = answer_app(variant, exporter=exporter, log_dir=log_dir)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    # uvicorn re-raises the SIGTERM it handled once it has stopped: let that one pass.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    uvicorn.Server(config).run(sockets=[listener])
+    stats = counters.stats()
+    wanted = ("spans_ended", "spans_exported", "spans_dropped", "internal_errors")
+    print(json.dumps({name: stats[name] for name in wanted}))
+
+
+class ServerProcess:
+    def __init__(self, variant: str, *extra: str) -> None:
+        self.variant = variant
+        command = [sys.executable, str(Path(__file__).resolve()), "--serve", variant, *extra]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (every thread)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=30)
+        return out.strip()
+
+
+def bench_answer_url_loopback(requests: int, rounds: int, export: str) -> dict[str, float]:
+    """Each variant under its own uvicorn process (uvloop, httptools) on loopback; one keep-alive
+    httpx client in this process sends every variant its requests, interleaved request by request.
+    The instrumented servers export with the real OTLP/HTTP exporter to a sink process (or discard,
+    `--export discard`), so the batch processor's thread runs in the server as in production."""
     import httpx
 
-    from tests.otlp_sink import UvicornThread
-
-    bare, instrumented, provider, _exporter = answer_apps()
-    latencies: dict[str, list[int]] = {"bare": [], "instrumented": []}
-    with UvicornThread(bare) as bare_server, UvicornThread(instrumented) as instrumented_server:
-        urls = {"bare": bare_server.url + "/answer", "instrumented": instrumented_server.url + "/answer"}
-        with httpx.Client() as client:
-            headers = {"content-type": "application/json", "x-minivoice-call-id": "call_123"}
-            for name in ("bare", "instrumented") * 25:  # warm up, keep-alive connections open
-                client.post(urls[name], content=ANSWER_BODY, headers=headers)
-            for start in range(0, requests, block):
-                for name in ("bare", "instrumented"):
-                    for _ in range(min(block, requests - start)):
-                        began = time.perf_counter_ns()
-                        response = client.post(urls[name], content=ANSWER_BODY, headers=headers)
-                        latencies[name].append(time.perf_counter_ns() - began)
-                        assert response.status_code == 200
-    provider.shutdown()
-    return report_answer_url("loopback uvicorn + httpx", latencies["bare"], latencies["instrumented"])
-
-
-def report_answer_url(label: str, bare_ns: list[int], instrumented_ns: list[int]) -> float:
-    bare, instrumented = median_us(bare_ns), median_us(instrumented_ns)
-    p90 = statistics.quantiles(instrumented_ns, n=10)[-1] / 1000
-    bare_p90 = statistics.quantiles(bare_ns, n=10)[-1] / 1000
+    sink = ServerProcess("sink") if export == "otlp" else None
+    extra = ["--otlp", sink.url + "/v1/traces"] if sink else []
+    log_dir = tempfile.mkdtemp(prefix="callscope-bench-logs-")
+    servers = {variant: ServerProcess(variant, *extra, "--logs", log_dir) for variant in VARIANTS}
+    bodies = [answer_body(index) for index in range(requests * rounds + 200)]
+    latencies = Rounds()
+    headers = {"content-type": "application/json", "user-agent": "MiniVoice-Webhooks/2.1"}
     print(
-        f"| {label:<26} | {len(bare_ns):>8,} | {bare:9.1f} | {instrumented:11.1f} |"
-        f" {instrumented - bare:+9.1f} | {instrumented / bare:5.2f}x | {bare_p90:8.1f} / {p90:8.1f} |"
+        f"\nanswer_url over loopback: uvicorn per variant, httpx keep-alive client, {rounds} rounds x "
+        f"{requests:,} requests per variant, export {export}, load {load()}"
     )
-    return instrumented - bare
+    cpu: dict[str, float] = {}
+    try:
+        with httpx.Client() as client:
+            urls = {variant: server.url + "/answer" for variant, server in servers.items()}
+            for index in range(200):
+                for variant in VARIANTS:
+                    client.post(urls[variant], content=bodies[index], headers=headers)
+            cpu_before = {variant: server.cpu_seconds() for variant, server in servers.items()}
+            for round_index in range(rounds):
+                for index in range(requests):
+                    body = bodies[200 + round_index * requests + index]
+                    for variant in VARIANTS[index % 3 :] + VARIANTS[: index % 3]:
+                        began = time.perf_counter_ns()
+                        response = client.post(urls[variant], content=body, headers=headers)
+                        latencies.add(round_index, variant, time.perf_counter_ns() - began)
+                        assert response.status_code == 200
+                print(f"  round {round_index + 1}/{rounds} done, load {load()}", flush=True)
+            cpu = {v: server.cpu_seconds() - cpu_before[v] for v, server in servers.items()}
+    finally:
+        stats = {variant: server.stop() for variant, server in servers.items()}
+        if sink is not None:
+            sink.stop()
+    print("\nLatency as the client sees it (request sent to response read), us")
+    table_header("variant")
+    results = {variant: latencies.row(variant, variant)["added"] for variant in VARIANTS}
+    total = requests * rounds
+    print(
+        "\nCPU time of each server process (all its threads: the event loop, the batch span "
+        "processor's export thread), us per request: "
+        + ", ".join(f"{variant} {cpu[variant] / total * 1e6:.0f}" for variant in VARIANTS if variant in cpu)
+    )
+    for variant in VARIANTS[1:]:
+        print(f"collector stats in the {variant} server: {stats[variant]}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -377,38 +547,55 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=50_000, help="Frames per paired measurement.")
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--skip-loopback", action="store_true", help="Only the in-process answer_url run.")
+    parser.add_argument("--requests", type=int, default=2000, help="answer_url requests per variant, round.")
+    parser.add_argument("--rounds", type=int, default=3, help="answer_url rounds.")
+    parser.add_argument("--export", choices=("otlp", "discard"), default="otlp", help="Loopback exporter.")
+    parser.add_argument("--skip-media", action="store_true")
+    parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument("--skip-loopback", action="store_true")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--otlp", help=argparse.SUPPRESS)
+    parser.add_argument("--logs", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.otlp, args.logs)
+        return
 
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
-    added = bench_media(args.frames, args.repeats, args.chunk)
-    raw = added["instrumented: InstrumentedConnection, raw-text fast path"]
-    parsed = added["instrumented: iter_json() parsed-dict API"]
+    from collectors.media import FAST_READER
 
-    print(f"\nanswer_url: {args.requests:,} requests per app, median per-request latency (us)")
     print(
-        f"| {'path':<26} | {'requests':>8} | {'bare':>9} | {'instrumented':>11} | {'added':>9} |"
-        f" {'ratio':>6} | {'p90 bare / instr.':>19} |"
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {load()}, "
+        f"C frame reader {'built' if FAST_READER else 'NOT built (pure-Python reader)'}"
     )
-    print(f"| {'-' * 26} | {'-' * 8} | {'-' * 9} | {'-' * 11} | {'-' * 9} | {'-' * 6} | {'-' * 19} |")
-    in_process = bench_answer_url_in_process(args.requests)
-    loopback = None if args.skip_loopback else bench_answer_url_loopback(args.requests)
+    targets = []
+    if not args.skip_media:
+        added = bench_media(args.frames, args.repeats, args.chunk)
+        raw = added["instrumented: InstrumentedConnection, raw-text fast path"]
+        parsed = added["instrumented: iter_json() parsed-dict API"]
+        for label, value in (("plain `async for`", raw), ("iter_json()", parsed)):
+            targets.append(f"- media, {label}: {value:+.3f} us/frame (target <= 1 us): " + met(value, 1))
+    if not args.skip_in_process:
+        in_process = bench_answer_url_in_process(args.requests, args.rounds)
+        for variant in VARIANTS[1:]:
+            latency, total = in_process[f"latency {variant}"], in_process[f"total {variant}"]
+            targets.append(
+                f"- answer_url in-process, {variant}: {latency:+.1f} us latency, {total:+.1f} us with the "
+                "work after the response (target <= 100 us at the median): "
+                f"{met(latency, 100)} / {met(total, 100)}"
+            )
+    if not args.skip_loopback:
+        loopback = bench_answer_url_loopback(args.requests, args.rounds, args.export)
+        for variant in VARIANTS[1:]:
+            targets.append(
+                f"- answer_url loopback, {variant}: {loopback[variant]:+.1f} us at the median "
+                f"(target <= 100 us): {met(loopback[variant], 100)}"
+            )
+    print(f"\nTargets (load {load()})")
+    print("\n".join(targets))
 
-    print("\nTargets")
-    for label, value in (("raw-text path", raw), ("iter_json():  ", parsed)):
-        print(
-            f"- media, {label}: {value:+.3f} us/frame (target <= 1 us): {'met' if value <= 1 else 'NOT met'}"
-        )
-    print(
-        f"- answer_url in-process: {in_process:+.1f} us/request at the median (target <= 100 us): "
-        f"{'met' if in_process <= 100 else 'NOT met'}"
-    )
-    if loopback is not None:
-        print(
-            f"- answer_url loopback:   {loopback:+.1f} us/request at the median (target <= 100 us): "
-            f"{'met' if loopback <= 100 else 'NOT met'}"
-        )
+
+def met(value: float, target: float) -> str:
+    return "met" if value <= target else "NOT met"
 
 
 if __name__ == "__main__":

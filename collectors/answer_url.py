@@ -17,6 +17,12 @@ Bounds (a collector must not buffer what a hostile or broken peer sends):
 The span is built after the response ends, with explicit start and end times, so nothing is
 held open while the app works, and all the collector's own work runs under `guard`: a bug here
 is counted in `collectors.stats()` and never reaches the app.
+
+Cost (docs/benchmarks.md, "Collector overhead"): before the response's last byte is sent, the
+ASGI middleware only reads the request body ahead and watches the response go past; decoding the
+headers, finding the call id, validating and redacting the actions, hashing the phone numbers,
+the span and the log line all run after it (the span's end time is taken when the last byte has
+been sent), so they are off the request's latency, though still on the event loop.
 """
 
 from __future__ import annotations
@@ -95,6 +101,17 @@ class AnswerUrlResponse:
     body: bytearray = field(default_factory=bytearray)  # at most max_body_bytes
     size: int = 0
     complete: bool = False
+    raw_headers: Any = None  # ASGI: the response's headers as sent, decoded after the response
+
+    def decode_headers(self) -> None:
+        """Fill `content_type` and `content_encoding` from the ASGI headers seen (once)."""
+        raw, self.raw_headers = self.raw_headers, None
+        for name, value in raw or ():
+            lowered = bytes(name).lower()
+            if lowered == b"content-type":
+                self.content_type = bytes(value).decode("latin-1")
+            elif lowered == b"content-encoding":
+                self.content_encoding = bytes(value).decode("latin-1")
 
 
 def _text(value: object) -> str | None:
@@ -134,7 +151,7 @@ def extract_call_id(
 
 def _decoded_body(response: AnswerUrlResponse, limit: int) -> bytes:
     body = bytes(response.body)
-    encoding = response.content_encoding.lower()
+    encoding = response.content_encoding.lower() if response.content_encoding else ""
     if encoding in ("gzip", "deflate"):
         try:
             decompressor = zlib.decompressobj(47 if encoding == "gzip" else 15)
@@ -205,7 +222,8 @@ def response_attributes(
     body = _decoded_body(response, max_body_bytes)
     numbers = _phone_numbers(request)
     shown = body[:RECORDED_BODY_BYTES].decode("utf-8", errors="replace")
-    attributes["minivoice.answer_url.response_body"] = privacy.redact_text(shown, numbers)
+    redacted_urls: dict[str, str] = {}
+    attributes["minivoice.answer_url.response_body"] = privacy.redact_text(shown, numbers, redacted_urls)
     attributes["minivoice.answer_url.response_truncated"] = response.size > RECORDED_BODY_BYTES
     if response.size > max_body_bytes:
         counters.count(counters.ANSWER_URL_BODY_OVER_LIMIT)
@@ -226,7 +244,8 @@ def response_attributes(
     start_stream = check.start_stream
     if start_stream is not None:
         if isinstance(url := start_stream.get("stream_url"), str):
-            attributes["minivoice.stream_url"] = privacy.redact_url(url)
+            # Usually redacted already, inside the recorded body.
+            attributes["minivoice.stream_url"] = redacted_urls.get(url) or privacy.redact_url(url)
         if isinstance(track := start_stream.get("track"), str):
             attributes["minivoice.track"] = track[:64]
     return attributes, "; ".join(errors) or None
@@ -262,14 +281,20 @@ class _Recorder:
     def record(
         self,
         *,
-        request: AnswerUrlRequest,
+        request: AnswerUrlRequest | Callable[[], AnswerUrlRequest],
         response: AnswerUrlResponse,
         start_ns: int,
         end_ns: int,
         latency_s: float,
         exception: BaseException | None,
     ) -> None:
+        """Build, end and log the span of one request. `request` may be a function making it, so
+        that work is done here, after the response, and under the guard. Never raises."""
         with counters.guard("answer_url.record"):
+            if not isinstance(request, AnswerUrlRequest):
+                request = request()
+            if response.raw_headers is not None:
+                response.decode_headers()
             found, origin = extract_call_id(request, self.call_id)
             attributes = _request_attributes(request, self.pii_key)
             attributes["http.route"] = self.path
@@ -335,11 +360,23 @@ class AnswerUrlMiddleware:
             return
         start_ns = self.recorder.now()
         started = time.perf_counter()
+        # What the request said, read now (the app may update the scope, as routers do) and
+        # decoded after the response.
+        head = (
+            scope.get("method"),
+            scope.get("path"),
+            scope.get("query_string"),
+            scope.get("headers"),
+            scope.get("scheme"),
+            scope.get("client"),
+            scope.get("server"),
+        )
         limit = self.recorder.max_body_bytes
         # Read ahead (bounded) so the call id in the body is known even if the app never reads
         # it; what was read is replayed to the app message by message.
         buffered: list[Any] = []
         body = bytearray()
+        read = 0
         complete = False
         while True:
             message = await receive()
@@ -347,13 +384,14 @@ class AnswerUrlMiddleware:
             if message.get("type") != "http.request":
                 break
             chunk = message.get("body", b"")
-            body += chunk[: max(0, limit - len(body))]
+            read += len(chunk)
+            if len(body) < limit:
+                body += chunk[: limit - len(body)]
             if not message.get("more_body", False):
-                complete = len(body) == sum(len(m.get("body", b"")) for m in buffered)
+                complete = read == len(body)
                 break
             if len(body) >= limit:
                 break
-        request = self._request(scope, bytes(body), complete)
         response = AnswerUrlResponse()
         finished: list[float] = []
 
@@ -363,24 +401,23 @@ class AnswerUrlMiddleware:
             return await receive()
 
         async def observe(message: Any) -> None:
-            with counters.guard("answer_url.observe"):
+            # On the request's path: only note what goes past (headers are decoded later). An
+            # inline try costs less than a guard block; the handling is the same.
+            try:
                 kind = message.get("type")
-                if kind == "http.response.start":
-                    response.status_code = int(message.get("status", 0))
-                    for name, value in message.get("headers", ()):
-                        lowered = bytes(name).lower()
-                        if lowered == b"content-type":
-                            response.content_type = bytes(value).decode("latin-1")
-                        elif lowered == b"content-encoding":
-                            response.content_encoding = bytes(value).decode("latin-1")
-                elif kind == "http.response.body":
+                if kind == "http.response.body":
                     chunk = message.get("body", b"")
                     response.size += len(chunk)
                     room = limit - len(response.body)
                     if room > 0:
-                        response.body += chunk[:room]
+                        response.body += chunk if len(chunk) <= room else chunk[:room]
                     if not message.get("more_body", False):
                         response.complete = True
+                elif kind == "http.response.start":
+                    response.status_code = int(message.get("status", 0))
+                    response.raw_headers = message.get("headers", ())
+            except Exception as exc:
+                counters.failed("answer_url.observe", exc)
             await send(message)
             if response.complete and not finished:
                 finished.append(time.perf_counter())
@@ -392,10 +429,11 @@ class AnswerUrlMiddleware:
             exception = exc
             raise
         finally:
+            # The response has been sent (or the app failed): the rest is off the request's path.
             ended = finished[0] if finished else time.perf_counter()
             end_ns = start_ns + int((ended - started) * 1e9)
             self.recorder.record(
-                request=request,
+                request=lambda: self._request(head, bytes(body), complete),
                 response=response,
                 start_ns=start_ns,
                 end_ns=end_ns,
@@ -404,22 +442,22 @@ class AnswerUrlMiddleware:
             )
 
     @staticmethod
-    def _request(scope: Any, body: bytes, complete: bool) -> AnswerUrlRequest:
+    def _request(head: tuple[Any, ...], body: bytes, complete: bool) -> AnswerUrlRequest:
+        method, path, query_string, raw_headers, scheme, client, server = head
         headers = {
-            bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
-            for k, v in scope.get("headers", ())
+            bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in raw_headers or ()
         }
-        server = scope.get("server") or (None, None)
-        client = scope.get("client") or (None, None)
+        server = server or (None, None)
+        client = client or (None, None)
         host, port = split_host(headers.get("host"))
         return AnswerUrlRequest(
-            method=str(scope.get("method", "GET")),
-            path=str(scope.get("path", "")),
-            query_string=bytes(scope.get("query_string", b"")).decode("latin-1"),
+            method=str(method or "GET"),
+            path=str(path or ""),
+            query_string=bytes(query_string or b"").decode("latin-1"),
             headers=headers,
             body=body,
             body_complete=complete,
-            scheme=str(scope.get("scheme", "http")),
+            scheme=str(scheme or "http"),
             client_address=client[0],
             server_address=host or server[0],
             server_port=port if host else server[1],

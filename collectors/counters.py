@@ -112,6 +112,13 @@ def internal_error(what: str, exc: BaseException) -> None:
         )
 
 
+def failed(what: str, exc: BaseException) -> None:
+    """What `guard` does with an exception, for hot paths that catch it themselves (an inline
+    `try`/`except Exception` costs less than entering a `guard`): count it, log it once, never raise."""
+    with contextlib.suppress(Exception):
+        internal_error(what, exc)
+
+
 class guard:  # lower-case: reads like a keyword, `with guard("answer_url.record"):`
     """Context manager: an `Exception` inside is counted and logged once, never propagated.
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Span
 
@@ -52,17 +54,50 @@ def _jsonable(value: Any) -> Any:
 
 
 def _hex(value: int | None, width: int) -> str | None:
-    return None if value is None else format(value, f"0{width}x")
+    return None if value is None else format(value, "032x" if width == 32 else "016x")
+
+
+class _ResourceFields:
+    """The resource fields of the last provider seen (one resource per provider: read once, not
+    per line). The pair is swapped as one tuple, so threads never mix two providers' fields."""
+
+    last: tuple[Any, dict[str, Any]] = (None, {})
+
+    @classmethod
+    def of(cls, resource: Any) -> dict[str, Any]:
+        if resource is None:
+            return {}
+        cached, fields = cls.last
+        if cached is not resource:
+            attributes = resource.attributes
+            names = ("service.name", "host.name")
+            fields = {k: _jsonable(attributes[k]) for k in names if attributes.get(k) is not None}
+            cls.last = (resource, fields)
+        return dict(fields)
+
+
+def _jsonable_attributes(attributes: Any) -> dict[str, Any]:
+    return {k: _jsonable(v) for k, v in (attributes or {}).items()}
+
+
+def _plain_attributes(attributes: Any) -> dict[str, Any]:
+    # The SDK's BoundedAttributes copies to a plain dict in one C call; for orjson its values are
+    # ready as they are (tuples are arrays), except bytes, which `_default` writes as hex.
+    copy = getattr(attributes, "copy", None)
+    return copy() if callable(copy) else dict(attributes or {})
 
 
 def span_record(span: ReadableSpan) -> dict[str, Any]:
     """The log-line object of a finished span (pure; the format is documented in docs/collector-logs.md)."""
-    attributes = {k: _jsonable(v) for k, v in (span.attributes or {}).items()}
+    return _record(span, _jsonable_attributes)
+
+
+def _record(span: ReadableSpan, attributes_of: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    attributes = attributes_of(span.attributes)
     context = span.context
     start_ns = span.start_time or 0
     end_ns = span.end_time or start_ns
-    resource = span.resource.attributes if span.resource is not None else {}
-    record: dict[str, Any] = {
+    return {
         "v": FORMAT_VERSION,
         "record": "span",
         "time": datetime.fromtimestamp(start_ns / 1e9, tz=UTC).isoformat(timespec="microseconds"),
@@ -80,18 +115,30 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
         "parent_span_id": _hex(span.parent.span_id, 16) if span.parent is not None else None,
         "attributes": attributes,
         "events": [
-            {
-                "name": event.name,
-                "time_ns": event.timestamp,
-                "attributes": {k: _jsonable(v) for k, v in (event.attributes or {}).items()},
-            }
+            {"name": event.name, "time_ns": event.timestamp, "attributes": attributes_of(event.attributes)}
             for event in span.events
         ],
-        "resource": {
-            k: _jsonable(resource[k]) for k in ("service.name", "host.name") if resource.get(k) is not None
-        },
+        "resource": _ResourceFields.of(span.resource),
     }
-    return record
+
+
+def _default(value: Any) -> Any:
+    # What orjson cannot write itself, as `json.dumps(..., default=str)` with `_jsonable` would.
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple | list):
+        return _jsonable(value)
+    return str(value)
+
+
+def span_line(span: ReadableSpan) -> str:
+    """The JSON line of a finished span: `span_record` written compactly, non-ASCII as is."""
+    record = _record(span, _plain_attributes)
+    try:
+        return orjson.dumps(record, default=_default).decode("utf-8")
+    except (TypeError, ValueError):  # e.g. an int over 64 bits: the stdlib writes anything
+        record = span_record(span)
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def log_span(span: Span | ReadableSpan, source: str | None = None) -> None:
@@ -103,13 +150,15 @@ def log_span(span: Span | ReadableSpan, source: str | None = None) -> None:
     with counters.guard("logs.log_span"):
         if not isinstance(span, ReadableSpan):
             return
-        attributes = span.attributes or {}
-        name = source or str(attributes.get("callscope.source", "collector"))
-        target = logger_for(name)
+        if source is None:
+            source = str((span.attributes or {}).get("callscope.source", "collector"))
+        target = logger_for(source)
         if not target.isEnabledFor(logging.INFO):
             return
-        line = json.dumps(span_record(span), separators=(",", ":"), ensure_ascii=False, default=str)
-        target.info(line)
+        # `Logger.info` would also look up the caller's file and line (a frame walk) for a record
+        # whose message is the whole story: make the record and hand it to the handlers directly.
+        record = target.makeRecord(target.name, logging.INFO, __file__, 0, span_line(span), (), None)
+        target.handle(record)
         counters.count(counters.LOG_LINES)
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import HOST_NAME, SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -307,8 +308,11 @@ def start_call_span(
     call id the span starts its own trace and carries no `minivoice.call_id` (the pipeline
     counts such spans). `start_time` (ns) wins over `clock`; both default to the wall clock.
     The caller ends the span, with `span.end(end_time=...)` when the time is not now.
+
+    The parent comes from the call id alone, never from the ambient context: a host app's own
+    current span (in its own tracing) is not the parent of a collector span.
     """
-    context = trace.set_span_in_context(call_parent(call_id)) if call_id else None
+    context = trace.set_span_in_context(call_parent(call_id), Context()) if call_id else Context()
     base: dict[str, Any] = {SOURCE: source, VERSION: COLLECTOR_VERSION}
     if call_id:
         base[CALL_ID] = call_id

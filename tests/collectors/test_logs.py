@@ -66,3 +66,39 @@ def test_non_recording_span_is_ignored() -> None:
     from opentelemetry.trace import INVALID_SPAN
 
     logs.log_span(INVALID_SPAN)
+
+
+def test_the_fast_line_says_what_the_stdlib_would(memory_provider: TracerProvider) -> None:
+    """`span_line` (orjson, no per-value conversion) reads back as `span_record` through json.dumps."""
+    span = start_call_span(
+        get_tracer("receiver", memory_provider),
+        "stream.receiver",
+        "call_é",
+        "receiver",
+        attributes={
+            "minivoice.stream.tracks": ("inbound", "outbound"),
+            "raw": b"\x00\xff",
+            "many": (b"\x01", b"\x02"),
+            "ratio": 0.1,
+            "big": 2**62,
+            "flag": True,
+        },
+        start_time=1_780_056_600_000_000_000,
+    )
+    span.add_event(
+        "start", {"minivoice.stream.tracks": ("inbound",), "seq": 1}, timestamp=1_780_056_600_100_000_000
+    )
+    span.end(end_time=1_780_056_600_250_000_000)
+    line = logs.span_line(span)
+    assert "\n" not in line and "call_é" in line
+    assert json.loads(line) == json.loads(json.dumps(logs.span_record(span), default=str))
+    assert json.loads(line)["attributes"]["raw"] == "00ff"
+    assert json.loads(line)["attributes"]["many"] == ["01", "02"]
+
+
+def test_a_value_orjson_refuses_still_makes_a_line(memory_provider: TracerProvider) -> None:
+    span = start_call_span(
+        get_tracer("webhook", memory_provider), "webhook", "c", "webhook", attributes={"huge": 2**70}
+    )
+    span.end()
+    assert json.loads(logs.span_line(span))["attributes"]["huge"] == 2**70

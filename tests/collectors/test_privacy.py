@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
+import re
 
 import pytest
 from hypothesis import given
@@ -101,3 +103,55 @@ def test_masked_numbers_never_show_all_digits(number: int) -> None:
     masked = mask_phone(text)
     assert str(number) not in masked
     assert masked.count("*") == 3
+
+
+# The regex-only forms the fast paths (numbers already as `+` and ASCII digits) must agree with.
+_PHONE_CHARS = re.compile(r"^\+?[\d\s().\-/]+$")
+_NON_DIGITS = re.compile(r"\D")
+
+
+def reference_normalise(number: str) -> str:
+    text = number.strip()
+    if _PHONE_CHARS.match(text) and len(_NON_DIGITS.sub("", text)) >= 3:
+        return "+" + _NON_DIGITS.sub("", text)
+    return text.lower()
+
+
+def reference_mask(number: str) -> str:
+    text = number.strip()
+    digits = _NON_DIGITS.sub("", text)
+    if not _PHONE_CHARS.match(text) or len(digits) < 8:
+        return "***"
+    keep = 4 if len(digits) >= 11 else 2
+    return ("+" if text.startswith("+") else "") + digits[:keep] + "***" + digits[-keep:]
+
+
+phone_like = (
+    st.integers(min_value=0, max_value=10**16).map(lambda n: f"+{n}")
+    | st.text(alphabet="+0123456789 ()-./٣x", max_size=18)
+    | st.text(max_size=18)
+)
+
+
+@given(phone_like)
+def test_fast_paths_agree_with_the_regexes(number: str) -> None:
+    assert normalise_phone(number) == reference_normalise(number)
+    assert mask_phone(number) == reference_mask(number)
+    digest = hmac.digest(b"k", reference_normalise(number).encode("utf-8"), "sha256").hex()
+    assert hash_phone(number, b"k") == "hmac-sha256:" + digest
+    assert phone_attributes("to", number, b"k") == (
+        {"minivoice.to.masked": reference_mask(number), "minivoice.to.hash": "hmac-sha256:" + digest}
+        if number
+        else {}
+    )
+
+
+def test_redact_text_reports_the_urls_it_redacted() -> None:
+    seen: dict[str, str] = {}
+    body = '{"a":"wss://m.example.com/s?token=abc","b":"https:\\/\\/x.example.com\\/p?k=v"}'
+    redacted = redact_text(body, ["+15551230002"], redacted_urls=seen)
+    assert seen == {
+        "wss://m.example.com/s?token=abc": "wss://m.example.com/s?token=REDACTED",
+        "https://x.example.com/p?k=v": "https://x.example.com/p?k=REDACTED",
+    }
+    assert "abc" not in redacted and "k=v" not in redacted
