@@ -5,14 +5,21 @@ segments, an Arrow table, a batch of new spans).
 
 Two steps:
 
-1. `span_rows_sql` projects each span to the typed values the rules need (`mv`, the
-   `minivoice` struct of `pipeline.schema.MINIVOICE_FIELDS`, read from the promoted column when a
-   segment has it and parsed from the `attributes` JSON otherwise), plus what the receiver's span
-   events say (first media, stop, errors). Spans the pipeline emitted itself are left out.
-2. `call_facts_sql` groups span rows by call id into facts. Every fact is a mergeable aggregate
-   (count, sum, min, max, bool_or; "first/last by time" as min/max of a struct whose first fields
-   are the time and the span key), so facts of two batches merge into the facts of their union
-   (`merge_facts_sql`) and the result never depends on the order spans arrived in.
+1. `span_rows_sql` projects each span to what the rules need: ids, times, and `mv`, the typed
+   `minivoice` struct of `pipeline.schema.MINIVOICE_FIELDS` (the promoted column when a segment
+   has it, parsed from the `attributes` JSON otherwise). Spans the pipeline emitted itself are
+   left out.
+2. `call_facts_sql` reduces each source's span rows to one row per call (`GROUPS`: answer_url,
+   receiver, webhook, any other source), then joins the sources on the call id. Every fact is a
+   mergeable aggregate (count, sum, min, max, bool_or; "first/last by time" as min/max of a
+   struct whose first fields are the time and the span key), so facts of two batches merge into
+   the facts of their union (`merge_facts_sql`) and never depend on the order spans arrived in.
+
+What a million calls cost is mostly aggregate state and per-row work, so facts are kept narrow:
+counts and times are plain numbers; the few "first/last" picks carry only what a verdict, a reason
+or a `calls` column reads; what a receiver's span events say is computed only for the spans whose
+typed attributes leave it open (a span without `minivoice.errors`, ...); the call's customer and
+phone numbers ride in the picks (`who`) instead of being aggregated over every span.
 
 Facts do not know what time it is; verdicts (`pipeline.verdicts`) derive from facts plus `as_of`.
 """
@@ -97,6 +104,14 @@ FIRST_ERROR_SQL = (
     "'type': coalesce(json_extract_string(e.attributes, '$.\"error.type\"'), 'error'), "
     "'message': json_extract_string(e.attributes, '$.\"error.message\"')}))[1]"
 )
+"""SQL: the receiver span's first `error` event as {t, type, message} (null without one)."""
+
+#: SQL: whether a receiver span saw MiniVoice's `stop` (the typed attribute, else its span events;
+#: OR only looks at the events of spans without the attribute).
+STOPPED_SQL = (
+    "(mv.stop_reason IS NOT NULL "
+    "OR coalesce(list_contains(list_transform(events, lambda e: e.name), 'stop'), false))"
+)
 
 
 def span_rows_sql(source: str, *, mode: str = "json") -> str:
@@ -109,13 +124,7 @@ def span_rows_sql(source: str, *, mode: str = "json") -> str:
     return f"""
 SELECT call_id, source, name, span_id, trace_id, hash(trace_id, span_id) AS span_key,
        start_ns, end_ns, status_code, status_message, service_name, ingested_at_ns, events,
-       {minivoice_sql(mode)} AS mv,
-       -- Only receiver spans carry events the rules read (CASE skips the others).
-       CASE WHEN source = '{RECEIVER}' THEN {_event_times("first_media", "min")} END AS ev_first_media_ns,
-       CASE WHEN source = '{RECEIVER}' THEN {_event_times("stop", "max")} END AS ev_stop_ns,
-       CASE WHEN source = '{RECEIVER}' THEN len(list_filter(events, lambda e: e.name = 'error')) ELSE 0 END
-           AS ev_errors,
-       CASE WHEN source = '{RECEIVER}' THEN {FIRST_ERROR_SQL} END AS ev_first_error
+       {minivoice_sql(mode)} AS mv
 FROM {source}
 WHERE source IS DISTINCT FROM '{PIPELINE}'
 """
@@ -155,13 +164,21 @@ EVERY = "*"
 #: span only feeds the aggregates of its own source. A fact of group EVERY is computed in each
 #: group and combined (`Fact.combine`).
 GROUPS = (ANSWER_URL, RECEIVER, WEBHOOK, OTHER)
+#: The call's identity as MiniVoice sent it (answer_url request and webhooks carry it), kept in
+#: the picks that read it: a struct of strings aggregated over every span would cost more than
+#: everything else (see docs/benchmarks.md, "Pipeline").
+WHO_SQL = (
+    "{'customer_id': mv.customer_id, 'application_id': mv.application_id, 'direction': mv.direction, "
+    "'from_masked': mv.from_masked, 'to_masked': mv.to_masked, 'from_hash': mv.from_hash, "
+    "'to_hash': mv.to_hash}"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Fact:
     """One per-call fact: its aggregate over the span rows of its group (a source, or EVERY group),
     how two facts rows of a call merge, its value when the group has no span (counts: 0), and for
-    EVERY-group facts how the groups' values combine (`sum`, `greatest`, `least`, `concat`)."""
+    EVERY-group facts how the groups' values combine (`sum`, `greatest`)."""
 
     name: str
     group: str
@@ -192,29 +209,37 @@ def _conditions(config: FactsConfig) -> dict[str, str]:
         f"mv.http_status_code BETWEEN 200 AND 299 AND {is_json} "
         f"AND {latency} <= {config.answer_url_timeout_ms}"
     )
-    stopped = "(mv.stop_reason IS NOT NULL OR ev_stop_ns IS NOT NULL)"
     # A connection ends well only with MiniVoice's stop; without one, anything but the platform's
     # own 1000 close (the receiver closing, a network drop, another code) is a dropped stream.
     dropped = (
-        f"NOT {stopped} AND NOT (coalesce(mv.close_code, 1006) = 1000 "
-        f"AND coalesce(mv.closed_by, 'platform') = 'platform')"
+        "NOT stopped AND NOT (coalesce(mv.close_code, 1006) = 1000 "
+        "AND coalesce(mv.closed_by, 'platform') = 'platform')"
     )
     return {
         "WH_EVENT": "mv.event IS NOT NULL AND mv.webhook_error IS NULL",
         "AU_OK": au_ok,
-        "AU_FAILED": f"NOT ({au_ok})",
         "DROPPED": dropped,
         "LATENCY": latency,
         "IS_JSON": is_json,
-        "STOPPED": stopped,
         "CREATED": "coalesce(mv.created_at_ns, start_ns)",
     }
+
+
+def _group_columns(group: str, config: FactsConfig) -> str:
+    """SQL: the per-row columns a group's facts read more than once (computed once per span)."""
+    c = _conditions(config)
+    if group == ANSWER_URL:
+        return f"{c['AU_OK']} AS ok"
+    if group == RECEIVER:
+        return f"{STOPPED_SQL} AS stopped"
+    if group == WEBHOOK:
+        return f"{c['WH_EVENT']} AS delivered, {c['CREATED']} AS created_ns"
+    return "true AS _"
 
 
 def facts(config: FactsConfig) -> list[Fact]:
     """The per-call facts, in the MiniVoice debug order of the sources they come from."""
     c = _conditions(config)
-    wh_event = c["WH_EVENT"]
 
     def count(name: str, group: str, where: str | None = None) -> Fact:
         # sum() of BIGINT is HUGEINT in DuckDB: keep counts BIGINT through merges.
@@ -227,24 +252,17 @@ def facts(config: FactsConfig) -> list[Fact]:
         return Fact(name, group, fn, expr, where, f"{fn}({name})", None, combine)
 
     au, rx, wh = ANSWER_URL, RECEIVER, WEBHOOK
+    completed = "delivered AND mv.event = 'call.completed'"
+    other_event = f"delivered AND mv.event NOT IN {KNOWN_EVENTS!r}"
     return [
         # the call as a whole
         count("span_count", EVERY),
         agg("last_ingested_ns", EVERY, "max", "ingested_at_ns"),
-        agg("customer_id", EVERY, "max", "mv.customer_id"),
-        agg("application_id", EVERY, "max", "mv.application_id"),
-        agg("direction", EVERY, "max", "mv.direction"),
-        agg("from_masked", EVERY, "max", "mv.from_masked"),
-        agg("to_masked", EVERY, "max", "mv.to_masked"),
-        agg("from_hash", EVERY, "max", "mv.from_hash"),
-        agg("to_hash", EVERY, "max", "mv.to_hash"),
         # 1. answer_url: the first request that MiniVoice could use, and the last that failed
         count("au_requests", au),
-        count("au_failures", au, c["AU_FAILED"]),
-        agg("au_service", au, "max", "service_name"),
+        count("au_failures", au, "NOT ok"),
         agg("au_first_ns", au, "min", "start_ns"),
         agg("au_last_ns", au, "max", "end_ns"),
-        agg("au_first_end_ns", au, "min", "end_ns"),
         agg(
             "au_first_ok",
             au,
@@ -256,8 +274,9 @@ def facts(config: FactsConfig) -> list[Fact]:
             f"'problems': CASE WHEN {INVALID} THEN mv.action_problems END, "
             f"'messages': CASE WHEN {INVALID} THEN mv.action_problem_messages END, "
             "'stream_url': mv.stream_url, 'track': mv.track, "
-            f"'body': CASE WHEN {INVALID} THEN left(mv.response_body, {BODY_CHARS}) END}}",
-            c["AU_OK"],
+            f"'body': CASE WHEN {INVALID} THEN left(mv.response_body, {BODY_CHARS}) END, "
+            f"'service': service_name, 'who': {WHO_SQL}}}",
+            "ok",
         ),
         agg(
             "au_last_failed",
@@ -267,20 +286,19 @@ def facts(config: FactsConfig) -> list[Fact]:
             f"'latency_ms': {c['LATENCY']}, 'is_json': {c['IS_JSON']}, "
             f"'body': left(mv.response_body, {BODY_CHARS}), "
             "'error_type': mv.error_type, 'method': mv.http_method, 'path': mv.url_path, "
-            "'status_message': status_message}",
-            c["AU_FAILED"],
+            f"'status_message': status_message, 'service': service_name, 'who': {WHO_SQL}}}",
+            "NOT ok",
         ),
         # 2.-3. the stream receiver: connections, media, how they ended
         count("rx_connections", rx),
         count("rx_dropped", rx, c["DROPPED"]),
-        agg("rx_service", rx, "max", "service_name"),
         agg("rx_first_ns", rx, "min", "start_ns"),
         agg("rx_last_ns", rx, "max", "end_ns"),
         agg(
             "rx_first_media_ns",
             rx,
             "min",
-            "coalesce(mv.media_first_at_ns, ev_first_media_ns, "
+            f"coalesce(mv.media_first_at_ns, {_event_times('first_media', 'min')}, "
             "CASE WHEN mv.media_frames > 0 THEN start_ns END)",
         ),
         agg(
@@ -291,8 +309,14 @@ def facts(config: FactsConfig) -> list[Fact]:
         ),
         agg("media_frames", rx, "sum", "coalesce(mv.media_frames, 0)"),
         agg("media_gap_max_ms", rx, "max", "mv.media_gap_max_ms"),
-        agg("rx_errors", rx, "sum", "greatest(coalesce(mv.errors, 0), ev_errors)"),
-        agg("rx_first_error", rx, "min", "ev_first_error"),
+        # The collector counts errors in `minivoice.errors`; spans without it count their events.
+        agg(
+            "rx_errors",
+            rx,
+            "sum",
+            "coalesce(mv.errors, len(list_filter(events, lambda e: e.name = 'error')))",
+        ),
+        agg("rx_first_error", rx, "min", f"CASE WHEN coalesce(mv.errors, 1) > 0 THEN {FIRST_ERROR_SQL} END"),
         agg(
             "rx_first_drop",
             rx,
@@ -308,40 +332,42 @@ def facts(config: FactsConfig) -> list[Fact]:
             "max",
             "{'t': end_ns, 'k': span_key, 'start_ns': start_ns, 'code': mv.close_code, "
             "'closed_by': mv.closed_by, 'reason': mv.close_reason, 'stop_reason': mv.stop_reason, "
-            f"'stopped': {c['STOPPED']}, 'stream_id': mv.stream_id}}",
+            "'stopped': stopped, 'stream_id': mv.stream_id, 'service': service_name}",
         ),
         # 4. webhooks: the lifecycle, with completion as the source of truth
-        count("wh_deliveries", wh, wh_event),
-        count("wh_malformed", wh, f"NOT ({wh_event})"),
-        agg("wh_service", wh, "max", "service_name"),
-        agg("wh_first_ns", wh, "min", f"least(start_ns, {c['CREATED']})"),
-        agg("wh_last_ns", wh, "max", f"greatest(end_ns, {c['CREATED']})"),
+        count("wh_deliveries", wh, "delivered"),
+        count("wh_malformed", wh, "NOT delivered"),
+        agg("wh_first_ns", wh, "min", "least(start_ns, created_ns)"),
+        agg("wh_last_ns", wh, "max", "greatest(end_ns, created_ns)"),
         *[
-            count(f"wh_{event.split('.')[1]}_n", wh, f"{wh_event} AND mv.event = '{event}'")
+            count(f"wh_{event.split('.')[1]}_n", wh, f"delivered AND mv.event = '{event}'")
             for event in KNOWN_EVENTS
         ],
-        count("wh_other_n", wh, f"{wh_event} AND mv.event NOT IN {KNOWN_EVENTS!r}"),
+        count("wh_other_n", wh, other_event),
         Fact(
             "wh_other_events",
             wh,
             "list_distinct",
             "mv.event",
-            f"{wh_event} AND mv.event NOT IN {KNOWN_EVENTS!r}",
+            other_event,
             "list_distinct(flatten(list(wh_other_events)))",
         ),
         agg(
             "completed",
             wh,
             "min",
-            f"{{'t': {c['CREATED']}, 'k': span_key, 'status': mv.call_status, 'received_ns': start_ns}}",
-            f"{wh_event} AND mv.event = 'call.completed'",
+            "{'t': created_ns, 'k': span_key, 'status': mv.call_status, 'received_ns': start_ns, "
+            f"'service': service_name, 'who': {WHO_SQL}}}",
+            completed,
         ),
+        # The latest lifecycle status before completion: what a call without call.completed got to.
         agg(
             "wh_latest",
             wh,
             "max",
-            f"{{'t': {c['CREATED']}, 'k': span_key, 'status': mv.call_status, 'event': mv.event}}",
-            f"{wh_event} AND mv.call_status IS NOT NULL",
+            "{'t': created_ns, 'k': span_key, 'status': mv.call_status, 'event': mv.event, "
+            "'service': service_name}",
+            "delivered AND mv.call_status IS NOT NULL AND mv.event <> 'call.completed'",
         ),
     ]
 
@@ -350,8 +376,6 @@ def _combined(fact: Fact) -> str:
     parts = [f"g_{group}.{fact.name}" for group in GROUPS]
     if fact.combine == "sum":
         return " + ".join(f"coalesce({p}, 0)" for p in parts)
-    if fact.combine == "concat":
-        return "flatten([" + ", ".join(f"coalesce({p}, [])" for p in parts) + "])"
     return f"{fact.combine}({', '.join(parts)})"  # greatest/least skip NULLs
 
 
@@ -363,8 +387,10 @@ def group_facts_sql(span_rows: str, group: str, config: FactsConfig) -> str:
     )
     where = f"(source IS NULL OR source NOT IN ({known}))" if group == OTHER else f"source = '{group}'"
     return (
-        f"SELECT call_id,\n       {columns}\nFROM {span_rows}\n"
-        f"WHERE call_id IS NOT NULL AND {where}\nGROUP BY call_id"
+        f"SELECT call_id,\n       {columns}\n"
+        f"FROM (SELECT *, {_group_columns(group, config)} FROM {span_rows}\n"
+        f"      WHERE call_id IS NOT NULL AND {where})\n"
+        "GROUP BY call_id"
     )
 
 
@@ -391,7 +417,8 @@ def call_facts_sql(span_rows: str, config: FactsConfig) -> str:
     """SQL: one facts row per call id (spans without a call id are left out: see unattributed).
 
     Each source's spans are aggregated on their own (`span_rows` is read once per group: a Parquet
-    scan pushes the source filter down), then the groups are joined on the call id.
+    scan pushes the source filter down and reads only that source's fields), then the groups are
+    joined on the call id.
     """
     ctes = ", ".join(f"g_{group}_rows AS ({group_facts_sql(span_rows, group, config)})" for group in GROUPS)
     return f"WITH {ctes}\n" + join_groups_sql({g: f"g_{g}_rows" for g in GROUPS}, config)

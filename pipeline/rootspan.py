@@ -59,17 +59,24 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def root_rows_sql(pending: str, ingested_at_ns: int, host_name: str) -> str:
-    """SQL: root span rows in SPAN_SCHEMA for the verdicts rows of `pending`."""
-    entries = ", ".join(f"{{'k': {_lit(attr)}, 'v': {column}}}" for attr, column in ROOT_ATTRIBUTES)
-    attributes = (
-        "CAST(to_json(map_from_entries(list_filter("
-        f"[{{'k': 'callscope.source', 'v': 'pipeline'}}, {entries}], lambda e: e.v IS NOT NULL))) AS VARCHAR)"
+def _attributes_json_sql() -> str:
+    """SQL: the root span's attributes as JSON text (nulls left out), built by concatenation:
+    a first build finalises a million calls at once, and a map through to_json costs 5x more."""
+    members = ", ".join(
+        f"coalesce(',' || {_lit(_json_string(attr))} || ':' || CAST(to_json({column}) AS VARCHAR), '')"
+        for attr, column in ROOT_ATTRIBUTES
     )
+    return f"""concat('{{"callscope.source":"pipeline"', {members}, '}}')"""
+
+
+def root_rows_sql(pending: str, ingested_at_ns: int, host_name: str) -> str:
+    """SQL: root span rows in SPAN_SCHEMA (without the typed `minivoice` column) for the rows of
+    `pending` (call_id, trace_id, root_span_id, verdict, failure_stage, reason, next_step,
+    first_activity_ns, last_activity_ns and the ROOT_ATTRIBUTES columns)."""
     resource = _lit(f'{{"service.name":"{PIPELINE_SERVICE_NAME}","host.name":{_json_string(host_name)}}}')
     return f"""
 SELECT trace_id,
-       substr(sha256('minivoice-call/' || call_id), 33, 16) AS span_id,
+       root_span_id AS span_id,
        CAST(NULL AS VARCHAR) AS parent_span_id, CAST(NULL AS VARCHAR) AS trace_state,
        '{ROOT_SPAN_NAME}' AS name, 'INTERNAL' AS kind,
        first_activity_ns AS start_ns, greatest(last_activity_ns, first_activity_ns) AS end_ns,
@@ -77,7 +84,8 @@ SELECT trace_id,
        CASE WHEN failure_stage <> 'none' THEN verdict || ': ' || reason END AS status_message,
        '{PIPELINE_SERVICE_NAME}' AS service_name, '{SCOPE_NAME}' AS scope_name,
        '{__version__}' AS scope_version,
-       call_id, 'pipeline' AS source, {attributes} AS attributes, {resource} AS resource_attributes,
+       call_id, 'pipeline' AS source, {_attributes_json_sql()} AS attributes,
+       {resource} AS resource_attributes,
        CAST([] AS STRUCT(time_ns BIGINT, name VARCHAR, attributes VARCHAR)[]) AS events,
        CAST(NULL AS VARCHAR) AS links, CAST({ingested_at_ns} AS BIGINT) AS ingested_at_ns
 FROM {pending}

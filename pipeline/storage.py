@@ -23,9 +23,11 @@ Views:
 
 - `spans_raw`: every stored span row, plus the hive `date` column. OTLP clients retry, so it may hold
   the same (trace_id, span_id) more than once.
-- `spans`: one row per (trace_id, span_id): the copy ingested first wins (ties broken by content),
-  so a retry never changes a row a reader has already seen.
-- one view per other table directory (`calls`, `call_events`, ...), over all its Parquet files.
+- `spans`: one row per (trace_id, span_id): the copy ingested last wins (ties broken by content):
+  retries are identical, and a span re-emitted with the same ids shows its latest content.
+- one view per other table directory (`calls`, ...), over all its Parquet files.
+- views over other views, registered by `pipeline.tables.derived_views` (`call_events`, derived
+  from `spans_raw` and `calls`).
 
 A table with no files yet: `spans_raw`/`spans` become typed empty views (SPAN_SCHEMA's columns),
 so queries work on an empty data dir. Other tables get a view only once a file exists, unless their
@@ -56,7 +58,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.schema import MINIVOICE_COLUMN, MINIVOICE_FIELDS, SPAN_SCHEMA, UNTYPED_SPAN_SCHEMA
-from pipeline.tables import TIMELINE_EMPTY_SCHEMAS, TIMELINE_VIEWS
+from pipeline.tables import SPAN_COPY_ORDER, TIMELINE_EMPTY_SCHEMAS, TIMELINE_VIEWS, derived_views
 
 if TYPE_CHECKING:
     import duckdb
@@ -251,13 +253,6 @@ def empty_select(schema: pa.Schema, extra: dict[str, str] | None = None) -> str:
     columns = [f'CAST(NULL AS {duckdb_type(f.type)}) AS "{f.name}"' for f in schema]
     columns += [f'CAST(NULL AS {sql_type}) AS "{name}"' for name, sql_type in (extra or {}).items()]
     return "SELECT " + ", ".join(columns) + " WHERE false"
-
-
-#: The order in which copies of one (trace_id, span_id) compete: the latest ingested copy wins.
-#: Retries of an OTLP request are identical (which copy wins does not matter); a span re-emitted
-#: on purpose with the same ids, such as the pipeline's `minivoice.call` root span after its
-#: verdict changed, must show its latest content. Ties: later end, then content (deterministic).
-SPAN_COPY_ORDER = "ingested_at_ns DESC, end_ns DESC, name, attributes, events::VARCHAR"
 
 
 def spans_dedup_sql(source: str) -> str:
@@ -465,6 +460,10 @@ class DataDir:
                 )
             else:
                 views[name] = empty_select(EMPTY_TABLE_SCHEMAS[name])
+        # Views over the views above (the timeline's `call_events`), created after them.
+        for name, select in derived_views().items():
+            views.pop(name, None)
+            views[name] = select
         return views
 
     def refresh_views(self) -> Path:

@@ -4,16 +4,16 @@ Stored layout (written by `pipeline.timeline`, atomically, file by file):
 
     DIR/calls/base-<seq>.parquet          every call, as of the build that wrote it
     DIR/calls/delta-<seq>.parquet         calls re-evaluated by an incremental step
-    DIR/call_events/base-<seq>.parquet    timeline points of the spans of a full build
-    DIR/call_events/delta-<seq>.parquet   timeline points of the spans of an incremental step
     DIR/unattributed_spans/...            spans without a call id (same base/delta scheme)
 
 Every `calls` row carries `_version` (the sequence number of the step that wrote it); the
 `calls` view keeps the highest version of each call, so a delta supersedes the base without
-rewriting it, and a consolidated base (a new, higher version) supersedes both. Timeline points
-are append-only (a span's points never change); the `call_events` view moves receiver points
-onto the webhook clock by the call's `receiver_clock_skew_ms` and adds the pipeline's points (the
-verdict, a detected skew), so they follow the latest verdict without rewriting any file.
+rewriting it, and a consolidated base (a new, higher version) supersedes both.
+
+`call_events` is not stored: it is a view over the stored spans (`pipeline.events`, the points
+each span stands for) and the `calls` view (which moves receiver points onto the webhook clock
+by the call's `receiver_clock_skew_ms`, and adds the pipeline's points: the verdict, a detected
+skew). A one-call lookup reads only that call's spans; a build writes no points at all.
 
 This module only holds text and schemas (no DuckDB import), so `pipeline.storage` can register
 the views for every process that opens the data directory.
@@ -22,6 +22,13 @@ the views for every process that opens the data directory.
 from __future__ import annotations
 
 import pyarrow as pa
+
+#: The order in which stored copies of one (trace_id, span_id) compete: the latest ingested copy
+#: wins. Retries of an OTLP request are identical (which copy wins does not matter); a span
+#: re-emitted on purpose with the same ids, such as the pipeline's `minivoice.call` root span
+#: after its verdict changed, must show its latest content. Ties: later end, then content.
+#: The `spans` view, compaction and the `call_events` view all use it.
+SPAN_COPY_ORDER = "ingested_at_ns DESC, end_ns DESC, name, attributes, events::VARCHAR"
 
 CALLS = "calls"
 CALL_EVENTS = "call_events"
@@ -82,19 +89,6 @@ CALLS_SCHEMA = pa.schema(
 )
 """The public `calls` columns (the view's; stored files add `_version`)."""
 
-CALL_EVENTS_STORED_SCHEMA = pa.schema(
-    [
-        ("call_id", pa.string()),
-        ("recorded_at", _TS),
-        ("source", pa.string()),
-        ("event", pa.string()),
-        ("detail", pa.string()),
-        ("span_id", pa.string()),
-        ("ord", pa.int16()),
-    ]
-)
-"""What `call_events` files hold: points on the clock that recorded them."""
-
 CALL_EVENTS_SCHEMA = pa.schema(
     [
         ("call_id", pa.string()),
@@ -108,6 +102,9 @@ CALL_EVENTS_SCHEMA = pa.schema(
     ]
 )
 """The `call_events` view: `ts` on the webhook clock (receiver points corrected for skew)."""
+
+CALL_POINTS_SCHEMA = pa.schema([f for f in CALL_EVENTS_SCHEMA if f.name != "ts"])
+"""Points as their spans give them (`pipeline.events.call_points_sql`), before the view's clock."""
 
 UNATTRIBUTED_SCHEMA = pa.schema(
     [
@@ -138,14 +135,15 @@ def calls_view_sql(source: str) -> str:
     )
 
 
-def call_events_view_sql(events: str, latest_calls: str) -> str:
-    """SQL: stored points (`events`) on one clock, plus the pipeline's points from `latest_calls`."""
+def call_events_view_sql(points: str, latest_calls: str) -> str:
+    """SQL: span points (`points`, in CALL_POINTS_SCHEMA) on one clock, plus the pipeline's points
+    from `latest_calls` (one row per call, in CALLS_SCHEMA)."""
     return f"""
 SELECT e.call_id,
        CASE WHEN e.source = 'receiver' AND coalesce(c.receiver_clock_skew_ms, 0) <> 0
             THEN e.recorded_at - to_milliseconds(c.receiver_clock_skew_ms) ELSE e.recorded_at END AS ts,
        e.source, e.event, e.detail, e.recorded_at, e.span_id, e.ord
-FROM {events} e LEFT JOIN (SELECT call_id, receiver_clock_skew_ms FROM {latest_calls}) c USING (call_id)
+FROM {points} e LEFT JOIN (SELECT call_id, receiver_clock_skew_ms FROM {latest_calls}) c USING (call_id)
 UNION ALL
 SELECT call_id, connected_at, 'pipeline', 'clock_skew',
        printf('receiver clock is %d ms %s the webhook clock; receiver times in this timeline are corrected',
@@ -169,25 +167,20 @@ def _template(sql: str) -> str:
 
 
 _CALLS_FILES = "read_parquet({glob}, union_by_name=true)"
-# The call_events view also reads the calls files: derive their glob from its own.
-_CALLS_FILES_FROM_EVENTS = (
-    "read_parquet(regexp_replace({glob}, '/call_events/[*][*]/[*][.]parquet$', '/calls/**/*.parquet'), "
-    "union_by_name=true)"
-)
 
-TIMELINE_VIEWS: dict[str, str] = {
-    CALLS: _template(calls_view_sql(_CALLS_FILES)),
-    CALL_EVENTS: _template(
-        call_events_view_sql(
-            "read_parquet({glob}, union_by_name=true)", f"({calls_view_sql(_CALLS_FILES_FROM_EVENTS)})"
-        )
-    ),
-}
+TIMELINE_VIEWS: dict[str, str] = {CALLS: _template(calls_view_sql(_CALLS_FILES))}
 """View templates for `pipeline.storage.TABLE_VIEWS` (`{glob}`: the table's quoted absolute glob)."""
 
 TIMELINE_EMPTY_SCHEMAS: dict[str, pa.Schema] = {
     CALLS: CALLS_SCHEMA,
-    CALL_EVENTS: CALL_EVENTS_SCHEMA,
     UNATTRIBUTED: UNATTRIBUTED_SCHEMA,
 }
 """Typed empty views before the first build, so queries on a fresh data dir work."""
+
+
+def derived_views() -> dict[str, str]:
+    """Views over other views (by name), for `pipeline.storage` to create after the table views:
+    `call_events`, over `spans_raw` and `calls` (both always defined, typed and empty at first)."""
+    from pipeline.events import call_points_sql
+
+    return {CALL_EVENTS: call_events_view_sql(f"({call_points_sql('spans_raw')})", "calls")}

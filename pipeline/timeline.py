@@ -1,29 +1,33 @@
-"""`callscope build`: span segments in, `calls` / `call_events` / `unattributed_spans` out.
+"""`callscope build`: span segments in, `calls` / `unattributed_spans` out (`call_events` is a
+view over the spans, `pipeline.tables`).
 
-The I/O edge around the pure core (`pipeline.facts`, `pipeline.rules`, `pipeline.verdicts`,
-`pipeline.events`): it runs the same SQL over Parquet segments with DuckDB, keeps the per-call
-facts between runs, and writes the output tables (layout in `pipeline.tables`).
+The I/O edge around the pure core (`pipeline.facts`, `pipeline.rules`, `pipeline.verdicts`): it
+runs the same SQL over Parquet segments with DuckDB, keeps the per-call facts between runs, and
+writes the output tables (layout in `pipeline.tables`).
 
 State, private to the builder, in `DIR/_timeline/state.duckdb` (never read by anyone else; the
 DuckDB file lock makes a second concurrent builder fail with a clear message):
 
-- `facts`: the mergeable facts of every call (including the keys of the spans already counted);
-- `verdicts`: each call's current verdict, `is_final`, when it must be re-evaluated without new
-  spans (`next_check_ns`), and what the root span needs;
+- `facts`: the mergeable facts of every call;
+- `span_keys`: the key of every span counted (an incremental step drops spans already counted);
+- `verdicts`: each call's current verdict, `is_final`, and when it must be re-evaluated without
+  new spans (`next_check_ns`);
 - `root_stored`, `root_exported`: per call, the verdict of the last root span written to our span
   store and exported to the OTLP endpoints (tracked apart, so a failing endpoint never re-writes
   the store);
 - `processed_files`, `unattributed_keys`, `meta` (sequence number, ingest watermark, config).
 
-A full build reads every segment. An incremental step (`--follow`, or `build` when state exists)
-reads only segment files it has not processed, and of those only rows ingested after the
-watermark minus `margin` (a compacted file re-packs rows already counted; a segment renamed into
-place late holds rows ingested a little before the watermark). Rows whose span key the call already
-counted are dropped (OTLP retries, compaction), the new spans' facts merge into the stored facts of
-the calls they touch, and only those calls, plus calls whose grace or settle time has passed, are
-re-evaluated and written as a delta. Outputs are written before the state commits, under names
-derived from the step's sequence number, so a crash between the two is repaired by the next run
-overwriting the same files.
+A full build reads every segment (but the pipeline's own root span segments). An incremental step
+(`--follow`, or `build` when state exists) reads only segment files it has not processed, and of
+those only rows ingested after the watermark minus `margin` (a compacted file re-packs rows already
+counted; a segment renamed into place late holds rows ingested a little before the watermark).
+Rows whose span key was already counted are dropped (OTLP retries, compaction), the new spans'
+facts merge into the stored facts of the calls they touch, and only those calls, plus calls whose
+grace or settle time has passed, are re-evaluated and written as a delta. Outputs are written
+before the state commits, under names derived from the step's sequence number, so a crash between
+the two is repaired by the next run overwriting the same files.
+
+Where a full build's time goes, and what was measured to get there: docs/benchmarks.md, "Pipeline".
 """
 
 from __future__ import annotations
@@ -44,12 +48,11 @@ import pyarrow.parquet as pq
 
 from pipeline import facts as facts_mod
 from pipeline import tables
-from pipeline.events import call_events_sql
 from pipeline.rules import FAILURE_VERDICTS, RulesConfig
 from pipeline.schema import MINIVOICE_COLUMN
 from pipeline.settings import Settings
 from pipeline.storage import COMPRESSION, DataDir, fsync_dir
-from pipeline.verdicts import UNATTRIBUTED_SQL, calls_sql
+from pipeline.verdicts import INTERNAL_COLUMNS, UNATTRIBUTED_SQL, calls_sql
 
 if TYPE_CHECKING:
     import duckdb
@@ -61,7 +64,7 @@ logger = logging.getLogger(__name__)
 STATE_DIR = "_timeline"
 STATE_DB = "state.duckdb"
 LOCK_FILE = ".lock"
-STATE_FORMAT = "1"
+STATE_FORMAT = "2"
 ROOT_TABLES = ("root_stored", "root_exported")
 #: Rows of a new segment ingested this long before the watermark are taken as already counted.
 DEFAULT_MARGIN_NS = 10 * 60 * 1_000_000_000
@@ -71,6 +74,16 @@ DELTA_FILES_MAX = 64
 ROW_GROUP_SIZE = 131_072
 #: DuckDB's memory for a build; beyond it, it spills to DIR/_timeline/tmp (default 80% of RAM).
 DEFAULT_MEMORY_LIMIT = "1500MB"
+#: File name prefix of the pipeline's own root span segments (`pipeline.rootspan`): nothing in
+#: them is built from, so a full build does not read them.
+ROOT_SEGMENT_PREFIX = "root-"
+#: What the `verdicts` state table keeps of each evaluated call (`calls_sql` columns).
+VERDICT_COLUMNS = ("call_id", "verdict", "is_final", "next_check_ns")
+#: Columns of an evaluated call that a root span reads (`pipeline.rootspan.root_rows_sql`).
+ROOT_COLUMNS = (
+    "call_id", "trace_id", "root_span_id", "verdict", "failure_stage", "reason", "next_step", "is_final",
+    "first_activity_ns", "last_activity_ns", "customer_id", "application_id", "direction", "call_status",
+)  # fmt: skip
 
 
 class TimelineError(RuntimeError):
@@ -184,7 +197,7 @@ def _split_by_minivoice_column(paths: list[str]) -> tuple[list[str], list[str]]:
 
 def _rows_without_column(untyped: list[str]) -> bool:
     """Whether segments without the promoted column hold spans to build from (not only our roots)."""
-    return any(not Path(p).name.startswith("root-") for p in untyped)
+    return any(not Path(p).name.startswith(ROOT_SEGMENT_PREFIX) for p in untyped)
 
 
 def _sql_list(paths: list[str]) -> str:
@@ -237,13 +250,11 @@ class Timeline:
         return self.state_dir / STATE_DB
 
     def _config_key(self) -> str:
-        """What stored facts and timeline points depend on: the state format, the answer_url
-        timeout, and the facts' own definitions (a new version of them means a full rebuild)."""
+        """What stored facts depend on: the state format, the answer_url timeout, and the facts'
+        own definitions (a new version of them means a full rebuild)."""
         import hashlib
 
-        definitions = facts_mod.call_facts_sql("span_rows", self.facts_config) + call_events_sql(
-            "span_rows", self.config
-        )
+        definitions = facts_mod.call_facts_sql("span_rows", self.facts_config)
         digest = hashlib.sha256(definitions.encode()).hexdigest()[:16]
         return f"{STATE_FORMAT}:timeout={self.config.answer_url_timeout_ms}:facts={digest}"
 
@@ -408,11 +419,11 @@ class Timeline:
         summary = BuildSummary(mode="full", seq=seq)
         try:
             self._create_state_tables(con)
-            segments = self.data.segments()
-            paths = [str(s.path) for s in segments]
+            paths = [str(s.path) for s in self.data.segments()]
             summary.new_files = len(paths)
-            if paths:
-                self._full_from_segments(con, paths, as_of_ns, seq, summary)
+            inputs = [p for p in paths if not Path(p).name.startswith(ROOT_SEGMENT_PREFIX)]
+            if inputs:
+                self._full_from_segments(con, inputs, as_of_ns, seq, summary)
             else:
                 con.execute(f"CREATE OR REPLACE TEMP TABLE calls_out AS {self._empty_calls_sql()}")
             con.execute("INSERT INTO processed_files SELECT unnest(?::VARCHAR[])", [paths])
@@ -422,6 +433,11 @@ class Timeline:
                 con.unregister("previous_records")
             watermark = _scalar(con, "SELECT coalesce(max(last_ingested_ns), 0) FROM facts")
             self._set_meta(con, seq=seq, watermark=int(watermark or 0))
+            # Root spans of the calls this build made final (before the state commits: a crash
+            # in between re-emits them, and readers see each span once).
+            self._emit_root_spans(con, summary, "calls_out")
+            summary.calls_total = self._count(con, "verdicts")
+            summary.unattributed_total = self._count(con, "unattributed_keys")
             con.execute("CHECKPOINT")
         except BaseException:
             con.close()
@@ -434,13 +450,6 @@ class Timeline:
             Path(f"{tmp_path}.wal").unlink()
         self._remove_outputs_before(seq)
         self.data.refresh_views_if_changed()
-        state = self._state()
-        if state is None:
-            raise TimelineError(f"the build state {self.state_path} just written cannot be read back")
-        summary.calls_total = self._count(state, "verdicts")
-        summary.unattributed_total = self._count(state, "unattributed_keys")
-        self._root_backlog = True
-        self._emit_root_spans(state, summary)
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -466,28 +475,29 @@ class Timeline:
         typed, untyped = _split_by_minivoice_column(paths)
         rows_sql = facts_mod.span_rows_from_files_sql(typed, untyped)
         if _rows_without_column(untyped):
-            # Rows without the promoted column parse JSON: do it once, for facts and events.
+            # Rows without the promoted column parse JSON: do it once, for every step below.
             con.execute(f"CREATE TEMP TABLE span_rows AS {rows_sql}")
             rows = "span_rows"
         else:
+            # Straight from the Parquet files: each source's facts read only that source's fields.
             rows = f"({rows_sql})"
         con.execute(f"INSERT INTO facts {facts_mod.call_facts_sql(rows, self.facts_config)}")
-        events_source = rows
-        # The key of every span counted: the incremental steps drop spans already counted.
-        con.execute(f"INSERT INTO span_keys SELECT span_key FROM {rows} WHERE call_id IS NOT NULL")
-        con.execute(
-            "CREATE TEMP TABLE dup_keys AS SELECT span_key, count(*) - 1 AS extra FROM span_keys "
-            "GROUP BY span_key HAVING count(*) > 1"
-        )
-        extra = int(_scalar(con, "SELECT coalesce(sum(extra), 0) FROM dup_keys") or 0)
+        # The key of every span counted: the incremental steps drop spans already counted. Keys
+        # that repeat are OTLP retries stored twice (until compaction): their calls are recounted.
+        con.execute(f"INSERT INTO span_keys SELECT DISTINCT span_key FROM {rows} WHERE call_id IS NOT NULL")
+        counted = int(_scalar(con, "SELECT coalesce(sum(span_count), 0) FROM facts") or 0)
+        extra = counted - self._count(con, "span_keys")
+        summary.spans = counted - extra
         if extra:
-            # OTLP retries stored some spans twice: recount those calls from one copy of each span.
             summary.duplicate_spans = extra
+            con.execute(
+                f"CREATE TEMP TABLE dup_keys AS SELECT span_key FROM {rows} WHERE call_id IS NOT NULL "
+                "GROUP BY span_key HAVING count(*) > 1"
+            )
             con.execute(
                 f"CREATE TEMP TABLE dup_calls AS SELECT DISTINCT call_id FROM {rows} "
                 "WHERE span_key IN (SELECT span_key FROM dup_keys) AND call_id IS NOT NULL"
             )
-            con.execute("CREATE OR REPLACE TABLE span_keys AS SELECT DISTINCT span_key FROM span_keys")
             con.execute(
                 f"CREATE TEMP TABLE dup_rows AS SELECT * FROM {rows} "
                 "WHERE call_id IN (SELECT call_id FROM dup_calls) "
@@ -495,17 +505,9 @@ class Timeline:
             )
             con.execute("DELETE FROM facts WHERE call_id IN (SELECT call_id FROM dup_calls)")
             con.execute(f"INSERT INTO facts {facts_mod.call_facts_sql('dup_rows', self.facts_config)}")
-            events_source = (
-                f"(SELECT * FROM {rows} WHERE call_id NOT IN (SELECT call_id FROM dup_calls) "
-                "UNION ALL BY NAME SELECT * FROM dup_rows)"
-            )
-        summary.spans = int(_scalar(con, "SELECT coalesce(sum(span_count), 0) FROM facts") or 0)
         self._evaluate(con, "facts", as_of_ns)
         con.execute(f"INSERT INTO verdicts {self._verdicts_select()}")
         self._write_calls(con, f"base-{seq:012d}.parquet", seq)
-        self._write(
-            con, tables.CALL_EVENTS, f"base-{seq:012d}.parquet", call_events_sql(events_source, self.config)
-        )
         # Spans without a call id: one copy each.
         unattributed = UNATTRIBUTED_SQL.format(source=source) + (
             " QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY ingested_at) = 1"
@@ -542,7 +544,9 @@ class Timeline:
         if not new_paths and not due:
             if gone:
                 self._forget_files(con, gone)
-            self._emit_root_spans(con, summary := BuildSummary(mode="idle"))
+            summary = BuildSummary(mode="idle")
+            if self._root_backlog:
+                self._emit_root_spans(con, summary)
             summary.calls_total = self._count(con, "verdicts")
             if summary.root_spans or summary.root_span_errors:
                 summary.mode = "incremental"
@@ -578,22 +582,21 @@ class Timeline:
                 "(SELECT span_key FROM span_keys WHERE span_key IN (SELECT span_key FROM batch)) "
                 "QUALIFY row_number() OVER (PARTITION BY span_key ORDER BY ingested_at_ns, end_ns DESC) = 1"
             )
-            # The stored facts of the calls the new spans touch: read once (the facts table is wide).
-            con.execute(
-                "CREATE TEMP TABLE touched_facts AS "
-                "SELECT * FROM facts WHERE call_id IN (SELECT DISTINCT call_id FROM batch_u)"
-            )
             kept = self._count(con, "batch_u")
             summary.duplicate_spans = read - kept
             con.execute(
                 f"CREATE TEMP TABLE batch_facts AS {facts_mod.call_facts_sql('batch_u', self.facts_config)}"
             )
+            # The stored facts of the calls the new spans touch: read once (the facts table is wide).
+            con.execute(
+                "CREATE TEMP TABLE touched_facts AS "
+                "SELECT * FROM facts WHERE call_id IN (SELECT call_id FROM batch_facts)"
+            )
             summary.spans = int(_scalar(con, "SELECT coalesce(sum(span_count), 0) FROM batch_facts") or 0)
             con.execute(
                 "CREATE TEMP TABLE merged AS "
                 + facts_mod.merge_facts_sql(
-                    "(SELECT * FROM touched_facts WHERE call_id IN (SELECT call_id FROM batch_facts) "
-                    "UNION ALL BY NAME SELECT * FROM batch_facts)",
+                    "(SELECT * FROM touched_facts UNION ALL BY NAME SELECT * FROM batch_facts)",
                     self.facts_config,
                 )
             )
@@ -621,8 +624,6 @@ class Timeline:
         name = f"delta-{seq:012d}.parquet"
         if summary.calls_evaluated:
             self._write_calls(con, name, seq)
-        if new_paths and self._count(con, "batch_u"):
-            self._write(con, tables.CALL_EVENTS, name, call_events_sql("batch_u", self.config))
         if summary.unattributed:
             self._write(con, tables.UNATTRIBUTED, name, "SELECT * FROM unattributed_new")
         con.execute("BEGIN TRANSACTION")
@@ -649,7 +650,7 @@ class Timeline:
         self.data.refresh_views_if_changed()
         summary.calls_total = self._count(con, "verdicts")
         summary.unattributed_total = self._count(con, "unattributed_keys")
-        self._emit_root_spans(con, summary, touched="calls_out")
+        self._emit_root_spans(con, summary, "calls_out")
         self._maybe_consolidate(con)
         summary.seconds = time.perf_counter() - started
         return summary
@@ -661,11 +662,7 @@ class Timeline:
             f"CREATE TABLE facts AS {facts_mod.call_facts_sql(self._empty_rows_sql(), self.facts_config)}"
         )
         con.execute(
-            "CREATE TABLE verdicts (call_id VARCHAR, trace_id VARCHAR, verdict VARCHAR, "
-            "failure_stage VARCHAR, "
-            "reason VARCHAR, next_step VARCHAR, is_final BOOLEAN, next_check_ns BIGINT, "
-            "first_activity_ns BIGINT, last_activity_ns BIGINT, customer_id VARCHAR, application_id VARCHAR, "
-            "direction VARCHAR, call_status VARCHAR)"
+            "CREATE TABLE verdicts (call_id VARCHAR, verdict VARCHAR, is_final BOOLEAN, next_check_ns BIGINT)"
         )
         for table in ROOT_TABLES:
             con.execute(f"CREATE TABLE {table} (call_id VARCHAR, verdict VARCHAR)")
@@ -691,14 +688,10 @@ class Timeline:
 
     @staticmethod
     def _verdicts_select() -> str:
-        return (
-            "SELECT call_id, trace_id, verdict, failure_stage, reason, next_step, is_final, next_check_ns, "
-            "first_activity_ns, last_activity_ns, customer_id, application_id, direction, call_status "
-            "FROM calls_out"
-        )
+        return f"SELECT {', '.join(VERDICT_COLUMNS)} FROM calls_out"
 
     def _write_calls(self, con: duckdb.DuckDBPyConnection, name: str, seq: int) -> None:
-        internal = ", ".join(("next_check_ns", "first_activity_ns", "last_activity_ns"))
+        internal = ", ".join(INTERNAL_COLUMNS)
         self._write(
             con,
             tables.CALLS,
@@ -738,7 +731,7 @@ class Timeline:
 
     def _next_seq_from_files(self) -> int:
         highest = 0
-        for table in (tables.CALLS, tables.CALL_EVENTS, tables.UNATTRIBUTED):
+        for table in (tables.CALLS, tables.UNATTRIBUTED):
             directory = self.data.path / table
             if directory.is_dir():
                 for path in directory.glob("*.parquet"):
@@ -746,8 +739,9 @@ class Timeline:
         return highest + 1
 
     def _remove_outputs_before(self, seq: int) -> None:
-        """Delete output files a full build at `seq` supersedes."""
-        for table in (tables.CALLS, tables.CALL_EVENTS, tables.UNATTRIBUTED):
+        """Delete output files a full build at `seq` supersedes (and the points files builds before
+        `call_events` became a view wrote)."""
+        for table in (tables.CALLS, tables.UNATTRIBUTED):
             directory = self.data.path / table
             if not directory.is_dir():
                 continue
@@ -755,6 +749,9 @@ class Timeline:
                 file_seq = _file_seq(path)
                 if file_seq is not None and file_seq < seq:
                     path.unlink(missing_ok=True)
+        legacy = self.data.path / tables.CALL_EVENTS
+        if legacy.is_dir():
+            shutil.rmtree(legacy, ignore_errors=True)
 
     def _maybe_consolidate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Fold `calls` deltas into a new base when they grow (a view over many files is slow)."""
@@ -770,66 +767,80 @@ class Timeline:
         self.consolidate(con)
 
     def consolidate(self, con: duckdb.DuckDBPyConnection | None = None) -> None:
-        """Rewrite `calls` as one base file (latest row per call), and merge `call_events` deltas."""
+        """Rewrite `calls` as one base file (latest row per call)."""
         con = con or self._state()
         if con is None:
             return
         seq = self._meta_int(con, "seq")
         calls_dir = self.data.path / tables.CALLS
         old = sorted(calls_dir.glob("*.parquet"))
-        if old:
-            glob = str(calls_dir / "*.parquet")
-            latest = tables.calls_view_sql(f"read_parquet('{glob}', union_by_name=true)")
-            # The new base keeps the latest version of each row, so it ties with no delta.
-            self._write(
-                con,
-                tables.CALLS,
-                f"base-{seq:012d}-c.parquet",
-                f"SELECT *, CAST({seq} AS BIGINT) AS {tables.VERSION_COLUMN} FROM ({latest})",
-            )
-            for path in old:
-                if _file_seq(path) is not None and path.name != f"base-{seq:012d}-c.parquet":
-                    path.unlink(missing_ok=True)
-        events_dir = self.data.path / tables.CALL_EVENTS
-        deltas = sorted(events_dir.glob("delta-*.parquet"))
-        if len(deltas) > 1:
-            merged = self._write(
-                con,
-                tables.CALL_EVENTS,
-                f"delta-{seq:012d}-m.parquet",
-                f"SELECT * FROM read_parquet({_sql_list([str(p) for p in deltas])})",
-            )
-            for path in deltas:
-                if path != merged:
-                    path.unlink(missing_ok=True)
+        if not old:
+            return
+        glob = str(calls_dir / "*.parquet")
+        latest = tables.calls_view_sql(f"read_parquet('{glob}', union_by_name=true)")
+        # The new base keeps the latest version of each row, so it ties with no delta.
+        self._write(
+            con,
+            tables.CALLS,
+            f"base-{seq:012d}-c.parquet",
+            f"SELECT *, CAST({seq} AS BIGINT) AS {tables.VERSION_COLUMN} FROM ({latest})",
+        )
+        for path in old:
+            if _file_seq(path) is not None and path.name != f"base-{seq:012d}-c.parquet":
+                path.unlink(missing_ok=True)
 
     # ---- root spans ------------------------------------------------------------------------
 
+    def _backlog_rows_sql(self) -> str:
+        """SQL: ROOT_COLUMNS of every final call whose latest verdict lacks its root span somewhere
+        (a crash between a commit and an emission, a failed export), from the stored calls files."""
+        calls_files = f"read_parquet('{self.data.path / tables.CALLS / '*.parquet'}', union_by_name=true)"
+        return (
+            "(SELECT call_id, trace_id, "
+            "substr(sha256('minivoice-call/' || call_id), 33, 16) AS root_span_id, "
+            "verdict, failure_stage, reason, next_step, is_final, "
+            "epoch_ns(first_seen_at) AS first_activity_ns, epoch_ns(last_seen_at) AS last_activity_ns, "
+            "customer_id, application_id, direction, call_status "
+            f"FROM ({tables.calls_view_sql(calls_files)}) "
+            "WHERE call_id IN (SELECT call_id FROM root_backlog))"
+        )
+
     def _emit_root_spans(
-        self, con: duckdb.DuckDBPyConnection, summary: BuildSummary, touched: str | None = None
+        self, con: duckdb.DuckDBPyConnection, summary: BuildSummary, evaluated: str | None = None
     ) -> None:
         """Emit `minivoice.call` for final calls whose verdict was not emitted yet, or changed.
 
-        `touched` (a relation with a call_id column) limits the check to the calls a step
-        re-evaluated; every call is checked on a full build, on the first step of a process (a
-        crash may have come between a commit and an emission) and after a failed export.
+        `evaluated`: a relation of calls just evaluated (ROOT_COLUMNS), checked against what was
+        emitted. With the backlog flag up (the first step of a process: a crash may have come
+        between a commit and an emission; after a failed export or step), every final call in
+        `verdicts` is checked as well, and the pending ones are read back from the calls files.
         """
         from pipeline.rootspan import RootSpanEmitter
 
         emitter = self.emitter or RootSpanEmitter(self.data)
+        parts = []
+        if evaluated is not None:
+            parts.append(f"SELECT {', '.join(ROOT_COLUMNS)} FROM {evaluated} WHERE is_final")
         if self._root_backlog:
-            touched = None
-        elif touched is None:
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE root_backlog AS SELECT v.call_id FROM verdicts v "
+                "WHERE v.is_final AND (v.verdict IS DISTINCT FROM (SELECT verdict FROM root_stored r "
+                "WHERE r.call_id = v.call_id) OR (? AND v.verdict IS DISTINCT FROM (SELECT verdict "
+                "FROM root_exported x WHERE x.call_id = v.call_id)))",
+                [bool(emitter.endpoints)],
+            )
+            if evaluated is not None:
+                con.execute(f"DELETE FROM root_backlog WHERE call_id IN (SELECT call_id FROM {evaluated})")
+            if self._count(con, "root_backlog") and (self.data.path / tables.CALLS).is_dir():
+                parts.append(f"SELECT * FROM {self._backlog_rows_sql()}")
+            self._root_backlog = False
+        if not parts:
             return
-        # The touched calls' rows are in calls_out (the step's evaluation): no scan of all verdicts.
-        verdicts = "verdicts" if touched is None else f"({self._verdicts_select()})"
-        narrow = "" if touched is None else f" WHERE call_id IN (SELECT call_id FROM {touched})"
-        self._root_backlog = False
-        pending_store = (
-            f"(SELECT v.* FROM {verdicts} v LEFT JOIN (SELECT * FROM root_stored{narrow}) r USING (call_id) "
-            "WHERE v.is_final AND r.verdict IS DISTINCT FROM v.verdict)"
+        con.execute("CREATE OR REPLACE TEMP TABLE root_candidates AS " + " UNION ALL ".join(parts))
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE root_pending AS SELECT c.* FROM root_candidates c "
+            "LEFT JOIN root_stored r USING (call_id) WHERE r.verdict IS DISTINCT FROM c.verdict"
         )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE root_pending AS SELECT * FROM {pending_store}")
         pending = self._count(con, "root_pending")
         if pending:
             paths = emitter.store(con, "root_pending", time.time_ns())
@@ -841,8 +852,8 @@ class Timeline:
             return
         rows = (
             con.sql(
-                f"SELECT v.* FROM {verdicts} v LEFT JOIN (SELECT * FROM root_exported{narrow}) r "
-                "USING (call_id) WHERE v.is_final AND r.verdict IS DISTINCT FROM v.verdict"
+                "SELECT c.* FROM root_candidates c LEFT JOIN root_exported r USING (call_id) "
+                "WHERE r.verdict IS DISTINCT FROM c.verdict"
             )
             .to_arrow_table()
             .to_pylist()

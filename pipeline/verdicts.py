@@ -18,7 +18,7 @@ facts (`pipeline.facts`) plus a few derived columns computed here:
 - the receiver clock skew (below), and the receiver times corrected by it.
 
 Receiver clock skew. The receiver's clock may be off by seconds. Causality bounds it: the true
-connection happens after the answer_url response ended (`t_a`, earliest answer_url end), and the
+connection happens after the usable answer_url response ended (`t_a`), and the
 stream ends no later than the call completes (`t_c`, `call.completed` `created_at`, which has
 whole-second resolution, so its upper end, capped by the delivery's arrival). With receiver times
 `r_connect` (first connection) and `r_disconnect` (last close), the skew `s` satisfies
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from pipeline import facts as facts_mod
-from pipeline.events import call_events_sql
+from pipeline.events import call_points_sql
 from pipeline.rules import NEXT_STEPS, RulesConfig, rules
 from pipeline.tables import call_events_view_sql
 
@@ -62,6 +62,7 @@ def derived_sql(facts_rows: str, as_of_ns: int, config: RulesConfig) -> str:
     return f"""
 WITH base AS (
     SELECT f.*,
+           sha256('minivoice-call/' || call_id) AS identity_digest,
            completed.t AS completed_ns,
            completed.status AS completed_status,
            completed IS NOT NULL AND {as_of_ns} >= last_ingested_ns + {settle} AS settled,
@@ -75,7 +76,7 @@ WITH base AS (
            rx_last_ns - least(completed.t + CASE WHEN completed.t % {NS_PER_S} = 0
                                                  THEN {NS_PER_S - 1} ELSE 0 END,
                               completed.received_ns) AS skew_low,
-           rx_first_ns - au_first_end_ns AS skew_high
+           rx_first_ns - au_first_ok.end_ns AS skew_high
     FROM {facts_rows} f
 ), skewed AS (
     SELECT *,
@@ -121,12 +122,19 @@ FROM (SELECT *, CASE {index} END AS rule_index FROM {derived_rows})
 """
 
 
+def _who(field: str) -> str:
+    """SQL: a field of the call's identity: MiniVoice's call.completed first, else the answer_url's."""
+    return f"coalesce(completed.who.{field}, au_first_ok.who.{field}, au_last_failed.who.{field})"
+
+
 CALLS_COLUMNS_SQL = f"""
     call_id,
-    substr(sha256('minivoice-call/' || call_id), 1, 32) AS trace_id,
+    substr(identity_digest, 1, 32) AS trace_id,
     verdict, failure_stage, reason, next_step,
     is_final,
-    customer_id, application_id, direction,
+    {_who("customer_id")} AS customer_id,
+    {_who("application_id")} AS application_id,
+    {_who("direction")} AS direction,
     coalesce(completed_status, wh_latest.status) AS call_status,
     {_ts("first_activity_ns")} AS first_seen_at,
     {_ts("last_activity_ns")} AS last_seen_at,
@@ -157,8 +165,12 @@ CALLS_COLUMNS_SQL = f"""
         + greatest(wh_completed_n - 1, 0) + wh_other_n - len(coalesce(wh_other_events, []))
         AS duplicate_webhooks,
     CAST(round(skew_ns / {NS_PER_MS}) AS BIGINT) AS receiver_clock_skew_ms,
-    from_masked, to_masked, from_hash, to_hash,
-    list_filter([au_service, rx_service, wh_service], lambda s: s IS NOT NULL) AS service_names,
+    {_who("from_masked")} AS from_masked,
+    {_who("to_masked")} AS to_masked,
+    {_who("from_hash")} AS from_hash,
+    {_who("to_hash")} AS to_hash,
+    list_filter([coalesce(au_first_ok.service, au_last_failed.service), rx_last.service,
+                 coalesce(completed.service, wh_latest.service)], lambda s: s IS NOT NULL) AS service_names,
     span_count
 """
 
@@ -175,13 +187,13 @@ SELECT {CALLS_COLUMNS_SQL},
        CASE WHEN is_final THEN NULL
             WHEN completed_ns IS NOT NULL THEN last_ingested_ns + {settle}
             ELSE last_ingested_ns + {grace} END AS next_check_ns,
-       first_activity_ns, last_activity_ns
+       first_activity_ns, last_activity_ns, substr(identity_digest, 33, 16) AS root_span_id
 FROM ({verdict_sql(derived, config)})
 """
 
 
 #: Columns of `calls_sql` that are bookkeeping, not part of the public `calls` table.
-INTERNAL_COLUMNS = ("next_check_ns", "first_activity_ns", "last_activity_ns")
+INTERNAL_COLUMNS = ("next_check_ns", "first_activity_ns", "last_activity_ns", "root_span_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,10 +244,10 @@ def evaluate(spans: pa.Table, as_of_ns: int, config: RulesConfig | None = None) 
             f"CREATE TEMP TABLE calls AS SELECT * EXCLUDE ({internal}) "
             f"FROM ({calls_sql('facts', as_of_ns, config)})"
         )
-        con.execute(f"CREATE TEMP TABLE events_stored AS {call_events_sql('span_rows', config)}")
         calls = con.sql("SELECT * FROM calls ORDER BY call_id").to_arrow_table()
+        points = f"({call_points_sql('spans_unique')})"
         events = con.sql(
-            f"{call_events_view_sql('events_stored', 'calls')} ORDER BY call_id, ts, ord, span_id"
+            f"{call_events_view_sql(points, 'calls')} ORDER BY call_id, ts, ord, span_id"
         ).to_arrow_table()
         unattributed = con.sql(
             UNATTRIBUTED_SQL.format(source="spans_unique") + " ORDER BY start_at, span_id"
