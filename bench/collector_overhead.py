@@ -1,14 +1,18 @@
 """Collector overhead: the same workload bare and instrumented, in one run. Not a test: prints figures.
 
     .venv/bin/python bench/collector_overhead.py [--frames 1000000] [--repeats 5] [--chunk 50000]
-        [--requests 3000] [--skip-loopback]
+        [--requests 2000] [--rounds 3] [--export otlp|discard] [--think-ms 1]
+        [--skip-media] [--skip-in-process] [--skip-loopback]
+
+The load average is printed at the start of each part and of each loopback round.
 
 1. Media hot path (target: at most 1 us added per frame). `--frames` realistic MiniVoice media
    frames (JSON text as `json.dumps` writes it, two interleaved tracks, 160-byte mu-law payloads
    in base64) go through a receive loop that already `json.loads` each frame:
    - bare: `async for message in connection: json.loads(message)`;
    - instrumented: the same loop over `collectors.receiver.InstrumentedConnection` (what
-     `instrument_receiver` hands the handler), which counts each frame from the raw text;
+     `instrument_receiver` hands the handler), which counts each frame from the raw text (with
+     the C frame reader `collectors._media_fast` when it is built: the first line says);
    - instrumented, parsed-dict API: `async for message in connection.iter_json()`, where the
      collector parses once and counts from the dict the app gets;
    - the counting alone (`StreamStats.observe` on the text, `observe_message` on the dict), and a
@@ -17,10 +21,22 @@
    collector's cost, not the network's. The variants run back to back on each chunk of `--chunk`
    frames (so load from elsewhere hits bare and instrumented alike); `added` is the median of those
    paired differences over every chunk of every repeat.
-2. answer_url (target: at most 100 us added per request at the median): POST /answer to a bare
-   Starlette app vs the same app wrapped in `collectors.AnswerUrlMiddleware` (with a batch span
-   processor and an exporter that discards), called in-process through ASGI, then over loopback
-   (uvicorn + httpx). Median of per-request latencies, interleaved in blocks.
+2. answer_url (target: at most 100 us added per request at the median). POST /answer with a
+   realistic `call.answered` body (its own call id and caller number per request, so nothing per
+   call is cached; the service's own number constant) to three variants: the bare Starlette app,
+   the app wrapped in `collectors.AnswerUrlMiddleware` (counting batch span processor), and the
+   same also writing its JSON log line to a file. `--rounds` rounds of `--requests` requests per
+   variant, interleaved request by request; each figure is the median over rounds of the round's
+   median (or p99), and `added` pairs each round's instrumented figure with its bare one.
+   - in-process ASGI calls (exporter that discards): the latency until the response's last byte
+     is sent, which is what a client waits for, and the time until the app call returns, which
+     adds the collector's work done after the response (the CPU it costs per request);
+   - over loopback: each variant under its own uvicorn process (uvloop, httptools), the real
+     OTLP/HTTP exporter sending to a sink process, one keep-alive httpx client here. Twice:
+     pinned (client on CPU 0, servers on CPU 1, `--think-ms` between requests), as MiniVoice and
+     the customer's service are different machines; and unpinned back to back, the worst case on
+     a small shared box, where the servers' work after each response competes with the client
+     for the cores. Also printed: each server process's CPU time per request, all threads.
 """
 
 from __future__ import annotations
@@ -467,10 +483,12 @@ def serve(variant: str, otlp_endpoint: str | None, log_dir: str | None) -> None:
 
 
 class ServerProcess:
-    def __init__(self, variant: str, *extra: str) -> None:
+    def __init__(self, variant: str, *extra: str, cpus: set[int] | None = None) -> None:
         self.variant = variant
         command = [sys.executable, str(Path(__file__).resolve()), "--serve", variant, *extra]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        # Pinned before it starts, so every thread it makes (the export thread too) stays there.
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=pin)  # noqa: PLW1509
         assert self.process.stdout is not None
         self.port = int(self.process.stdout.readline())
         self.url = f"http://127.0.0.1:{self.port}"
@@ -486,23 +504,41 @@ class ServerProcess:
         return out.strip()
 
 
-def bench_answer_url_loopback(requests: int, rounds: int, export: str) -> dict[str, float]:
+def bench_answer_url_loopback(
+    requests: int, rounds: int, export: str, pinned: bool, think_ms: float
+) -> tuple[float, float]:
     """Each variant under its own uvicorn process (uvloop, httptools) on loopback; one keep-alive
     httpx client in this process sends every variant its requests, interleaved request by request.
     The instrumented servers export with the real OTLP/HTTP exporter to a sink process (or discard,
-    `--export discard`), so the batch processor's thread runs in the server as in production."""
+    `--export discard`), so the batch processor's thread runs in the server as in production.
+
+    `pinned`: the client on CPU 0, the servers and the sink on CPU 1, as MiniVoice and the
+    customer's service are different machines, and `think_ms` between requests, as MiniVoice sends
+    one answer_url request per call: what a server does once it has answered then delays neither
+    the client reading the answer nor the next request. Unpinned and back to back, the client and
+    the servers share both cores, and each server's work after its response competes with the
+    client reading it: the worst case on a small shared box. Returns the instrumented `added`."""
     import httpx
 
-    sink = ServerProcess("sink") if export == "otlp" else None
+    client_cpus, server_cpus = ({0}, {1}) if pinned else (None, None)
+    sink = ServerProcess("sink", cpus=server_cpus) if export == "otlp" else None
     extra = ["--otlp", sink.url + "/v1/traces"] if sink else []
     log_dir = tempfile.mkdtemp(prefix="callscope-bench-logs-")
-    servers = {variant: ServerProcess(variant, *extra, "--logs", log_dir) for variant in VARIANTS}
+    servers = {v: ServerProcess(v, *extra, "--logs", log_dir, cpus=server_cpus) for v in VARIANTS}
+    own_cpus = os.sched_getaffinity(0)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
     bodies = [answer_body(index) for index in range(requests * rounds + 200)]
     latencies = Rounds()
     headers = {"content-type": "application/json", "user-agent": "MiniVoice-Webhooks/2.1"}
+    mode = (
+        f"pinned (client CPU 0, servers CPU 1), {think_ms:g} ms between requests"
+        if pinned
+        else (f"unpinned, {think_ms:g} ms between requests")
+    )
     print(
-        f"\nanswer_url over loopback: uvicorn per variant, httpx keep-alive client, {rounds} rounds x "
-        f"{requests:,} requests per variant, export {export}, load {load()}"
+        f"\nanswer_url over loopback, {mode}: uvicorn per variant, httpx keep-alive client, {rounds} "
+        f"rounds x {requests:,} requests per variant, export {export}, load {load()}"
     )
     cpu: dict[str, float] = {}
     try:
@@ -516,6 +552,8 @@ def bench_answer_url_loopback(requests: int, rounds: int, export: str) -> dict[s
                 for index in range(requests):
                     body = bodies[200 + round_index * requests + index]
                     for variant in VARIANTS[index % 3 :] + VARIANTS[: index % 3]:
+                        if think_ms:
+                            time.sleep(think_ms / 1000)
                         began = time.perf_counter_ns()
                         response = client.post(urls[variant], content=body, headers=headers)
                         latencies.add(round_index, variant, time.perf_counter_ns() - began)
@@ -523,6 +561,7 @@ def bench_answer_url_loopback(requests: int, rounds: int, export: str) -> dict[s
                 print(f"  round {round_index + 1}/{rounds} done, load {load()}", flush=True)
             cpu = {v: server.cpu_seconds() - cpu_before[v] for v, server in servers.items()}
     finally:
+        os.sched_setaffinity(0, own_cpus)
         stats = {variant: server.stop() for variant, server in servers.items()}
         if sink is not None:
             sink.stop()
@@ -537,7 +576,7 @@ def bench_answer_url_loopback(requests: int, rounds: int, export: str) -> dict[s
     )
     for variant in VARIANTS[1:]:
         print(f"collector stats in the {variant} server: {stats[variant]}")
-    return results
+    return results["instrumented"], results["instrumented+logs"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -550,6 +589,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=2000, help="answer_url requests per variant, round.")
     parser.add_argument("--rounds", type=int, default=3, help="answer_url rounds.")
     parser.add_argument("--export", choices=("otlp", "discard"), default="otlp", help="Loopback exporter.")
+    parser.add_argument(
+        "--think-ms", type=float, default=1.0, help="Pause between loopback requests, pinned."
+    )
     parser.add_argument("--skip-media", action="store_true")
     parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument("--skip-loopback", action="store_true")
@@ -584,12 +626,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"{met(latency, 100)} / {met(total, 100)}"
             )
     if not args.skip_loopback:
-        loopback = bench_answer_url_loopback(args.requests, args.rounds, args.export)
-        for variant in VARIANTS[1:]:
-            targets.append(
-                f"- answer_url loopback, {variant}: {loopback[variant]:+.1f} us at the median "
-                f"(target <= 100 us): {met(loopback[variant], 100)}"
-            )
+        runs = [("pinned", True, args.think_ms)] if (os.cpu_count() or 1) >= 2 else []
+        runs.append(("unpinned, back to back", False, 0.0))
+        for label, pinned, think_ms in runs:
+            pair = bench_answer_url_loopback(args.requests, args.rounds, args.export, pinned, think_ms)
+            for variant, value in zip(VARIANTS[1:], pair, strict=True):
+                targets.append(
+                    f"- answer_url loopback ({label}), {variant}: {value:+.1f} us at the median "
+                    f"(target <= 100 us): {met(value, 100)}"
+                )
     print(f"\nTargets (load {load()})")
     print("\n".join(targets))
 

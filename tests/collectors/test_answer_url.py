@@ -436,3 +436,97 @@ def test_wsgi_exception_is_recorded_and_reraised_unchanged(
     assert span.attributes["server.port"] == 8080
     assert span.attributes["minivoice.call_id"] == "call_123"
     assert span.status.status_code.name == "ERROR"
+
+
+def _asgi_call(middleware: Any, scope: dict[str, Any], body: bytes) -> list[Any]:
+    """One in-process ASGI request; returns what the middleware sent on."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(middleware(scope, receive, send))
+    return sent
+
+
+def _json_app(after_response: float = 0.0) -> Any:
+    """A plain ASGI answer_url app; it can keep working `after_response` seconds once it has answered."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        body = json.dumps(VALID).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        if after_response:
+            await asyncio.sleep(after_response)
+
+    return app
+
+
+def test_the_span_ends_with_the_responses_last_byte(
+    memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
+) -> None:
+    """The latency is the app's, until its last byte: what the app (or the collector, whose work
+    comes after) does once the response is sent is not in it."""
+    middleware = AnswerUrlMiddleware(
+        _json_app(after_response=0.3), tracer_provider=memory_provider, pii_key=KEY
+    )
+    scope = {"type": "http", "method": "POST", "path": "/answer", "headers": [], "query_string": b""}
+    began = time.perf_counter()
+    sent = _asgi_call(middleware, scope, json.dumps(ANSWER_REQUEST).encode())
+    assert time.perf_counter() - began >= 0.3
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    (span,) = memory_exporter.get_finished_spans()
+    assert span.attributes["minivoice.answer_url.latency_ms"] < 250
+    assert (span.end_time - span.start_time) / 1e6 < 250
+    assert span.attributes["minivoice.action.valid"] is True
+    assert span.attributes["minivoice.call_id"] == "call_123"
+
+
+def test_a_request_the_collector_cannot_read_is_counted_and_the_app_is_unaffected(
+    memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
+) -> None:
+    """Header names that are not bytes break the collector's (deferred) request decoding: counted
+    in stats(), no span, and the response is exactly the app's."""
+    middleware = AnswerUrlMiddleware(_json_app(), tracer_provider=memory_provider, pii_key=KEY)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/answer",
+        "headers": [("host", 1)],
+        "query_string": b"",
+    }
+    before = counters.stats()["internal_errors"]
+    sent = _asgi_call(middleware, scope, json.dumps(ANSWER_REQUEST).encode())
+    assert sent[0]["status"] == 200
+    assert json.loads(sent[1]["body"]) == VALID
+    assert counters.stats()["internal_errors"] == before + 1
+    assert memory_exporter.get_finished_spans() == ()
+
+
+def test_a_response_the_collector_cannot_read_still_reaches_the_server(
+    memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": object()})  # not bytes: the server's problem
+
+    middleware = AnswerUrlMiddleware(app, tracer_provider=memory_provider, pii_key=KEY)
+    scope = {"type": "http", "method": "POST", "path": "/answer", "headers": [], "query_string": b""}
+    before = counters.stats()["internal_errors"]
+    sent = _asgi_call(middleware, scope, json.dumps(ANSWER_REQUEST).encode())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert counters.stats()["internal_errors"] == before + 1
+    (span,) = memory_exporter.get_finished_spans()  # what was seen is still recorded
+    assert span.attributes["http.response.status_code"] == 200

@@ -6,10 +6,11 @@ import logging
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from collectors import counters, tracing
-from collectors.identity import call_root_span_id_hex, call_trace_id_hex
+from collectors.identity import call_root_span_id, call_root_span_id_hex, call_trace_id, call_trace_id_hex
 from collectors.tracing import (
     ConfigurationError,
     CountingBatchSpanProcessor,
@@ -181,3 +182,22 @@ def test_guard_counts_and_swallows_only_exceptions(caplog: pytest.LogCaptureFixt
         raise ValueError("bug")
 
     assert broken() == "fallback"
+
+
+def test_a_collector_span_never_takes_the_hosts_current_span_as_parent(
+    memory_provider: TracerProvider, memory_exporter: InMemorySpanExporter
+) -> None:
+    """A host app traced with its own OpenTelemetry setup: its active span is the parent of
+    neither a call's span (the call root is) nor a span without a call id (a trace of its own)."""
+    host = TracerProvider(shutdown_on_exit=False)
+    with host.get_tracer("host-app").start_as_current_span("host request") as host_span:
+        tracer = get_tracer("answer_url", memory_provider)
+        start_call_span(tracer, "answer_url", "call_123", "answer_url").end()
+        start_call_span(tracer, "answer_url", None, "answer_url").end()
+    with_call, without_call = memory_exporter.get_finished_spans()
+    host_context = host_span.get_span_context()
+    assert with_call.parent is not None and with_call.parent.span_id == call_root_span_id("call_123")
+    assert with_call.context.trace_id == call_trace_id("call_123")
+    assert without_call.parent is None
+    assert without_call.context.trace_id != host_context.trace_id
+    host.shutdown()
