@@ -538,6 +538,8 @@ typedef struct {
         service_name, scope_name, scope_version, call_id, source, attributes, resource_attributes, links,
         event_name, event_attributes;
     Buf start_ns, end_ns, event_time, event_offsets;
+    Buf ingested_at;        /* walk_records: the record's time, per row */
+    int64_t ingested_at_ns; /* of the request being walked */
     int64_t rows, events;
     /* scratch: a stack of KeyValue entries (one frame per kvlist being written) and a hash table */
     Entry *entries;
@@ -551,6 +553,7 @@ typedef struct {
     /* the typed `minivoice` column: one MvCol per field, and the current span's entry per field */
     struct MvCol *mv;
     size_t *mv_found;
+    int64_t mv_rows; /* the rows the MvCol buffers are sized for (count_spans) */
 } Ctx;
 
 static int push_entry(Ctx *c, const Entry *e) {
@@ -760,24 +763,48 @@ static int mv_count = -1;
 static uint32_t *mv_table = NULL; /* open addressing over the key hash: field index + 1, 0 = empty */
 static size_t mv_mask = 0;
 
+/* The span count is known before the walk (count_spans), so the per-row buffers are allocated
+ * once, at their final size, and zeroed: a null int64/double/bool costs nothing, a null string or
+ * list one offset store. */
 typedef struct MvCol {
-    Buf validity; /* one bit per row */
+    Buf validity; /* one bit per row, zeroed: set for the valid rows */
     Buf values;   /* int64, double: 8 bytes per row; bool: one bit per row; string, list: int32 offsets */
     Buf data;     /* string: the bytes; list: int32 offsets of the element strings in child_data */
     Buf child_data;
     int64_t nulls, elements;
 } MvCol;
 
-static int mv_col_init(MvCol *m, int kind) {
+/* A Buf of exactly `n` zero bytes (at least 8 allocated, so no exported pointer is NULL). */
+static int buf_zeroed(Buf *b, size_t n) {
+    b->d = PyMem_RawCalloc(n + 8, 1);
+    if (b->d == NULL) return NOMEM;
+    b->n = n;
+    b->cap = n + 8;
+    return OK;
+}
+
+static int mv_col_init(MvCol *m, int kind, int64_t rows) {
     memset(m, 0, sizeof(*m));
-    int32_t zero = 0;
-    /* every buffer gets memory, so no exported buffer pointer is NULL (even for zero rows) */
-    TRY(buf_reserve(&m->validity, 8));
-    TRY(buf_reserve(&m->values, 8));
-    TRY(buf_reserve(&m->data, 8));
+    size_t r = (size_t)rows, bitmap = (r + 7) / 8;
+    TRY(buf_zeroed(&m->validity, bitmap));
+    switch (kind) {
+        case MV_INT:
+        case MV_DOUBLE:
+            TRY(buf_zeroed(&m->values, 8 * r));
+            break;
+        case MV_BOOL:
+            TRY(buf_zeroed(&m->values, bitmap));
+            break;
+        default: /* string, list: offsets[0] = 0, the others are written row by row */
+            TRY(buf_zeroed(&m->values, 4 * (r + 1)));
+            break;
+    }
+    TRY(buf_reserve(&m->data, kind == MV_STRINGS ? 64 : 4 * r + 8));
     TRY(buf_reserve(&m->child_data, 8));
-    if (kind == MV_STRING || kind == MV_STRINGS) TRY(buf_put(&m->values, &zero, sizeof(zero)));
-    if (kind == MV_STRINGS) TRY(buf_put(&m->data, &zero, sizeof(zero)));
+    if (kind == MV_STRINGS) {
+        int32_t zero = 0;
+        TRY(buf_put(&m->data, &zero, sizeof(zero)));
+    }
     return OK;
 }
 
@@ -799,16 +826,13 @@ static inline int mv_lookup(const Entry *e) {
     return -1;
 }
 
-static inline int mv_bit(Buf *b, int64_t row, int set) {
-    if (row % 8 == 0) TRY(buf_byte(b, 0));
-    if (set) b->d[b->n - 1] |= (uint8_t)(1u << (row % 8));
-    return OK;
-}
+static inline void set_bit(Buf *b, int64_t row) { b->d[row / 8] |= (uint8_t)(1u << (row % 8)); }
 
-static inline int mv_offset(Buf *offsets, size_t n) {
+static inline int put_offset(Buf *offsets, int64_t row, size_t n) {
     if (n > MAX_COLUMN_BYTES) return BAIL;
     int32_t offset = (int32_t)n;
-    return buf_put(offsets, &offset, sizeof(offset));
+    memcpy(offsets->d + 4 * (size_t)(row + 1), &offset, sizeof(offset));
+    return OK;
 }
 
 /* The elements of an ArrayValue, if every one is a string; otherwise nothing is kept (*valid = 0). */
@@ -830,7 +854,9 @@ static int mv_strings(MvCol *m, const uint8_t *s, size_t n, int *valid) {
             return OK;
         }
         TRY(buf_put(&m->child_data, item.s, item.len));
-        TRY(mv_offset(&m->data, m->child_data.n));
+        if (m->child_data.n > MAX_COLUMN_BYTES) return BAIL;
+        int32_t offset = (int32_t)m->child_data.n;
+        TRY(buf_put(&m->data, &offset, sizeof(offset)));
         m->elements++;
     }
     END_FIELDS(r);
@@ -838,7 +864,8 @@ static int mv_strings(MvCol *m, const uint8_t *s, size_t n, int *valid) {
     return OK;
 }
 
-/* Append row `row` of field `kind`: the attribute's AnyValue bytes (NULL: absent), converted. */
+/* Row `row` of a field of `kind`: the attribute's AnyValue bytes (NULL: absent), converted. The
+ * buffers are zeroed and sized for every row (mv_col_init): only what is not zero is written. */
 static int mv_append(MvCol *m, int kind, int64_t row, const uint8_t *value, size_t vlen) {
     AnyValue a;
     a.kind = AV_NONE;
@@ -850,45 +877,46 @@ static int mv_append(MvCol *m, int kind, int64_t row, const uint8_t *value, size
                 TRY(buf_put(&m->data, a.s, a.len));
                 valid = 1;
             }
-            TRY(mv_offset(&m->values, m->data.n));
+            TRY(put_offset(&m->values, row, m->data.n));
             break;
-        case MV_INT: {
-            int64_t v = 0;
+        case MV_INT:
             if (a.kind == AV_INT) {
-                v = (int64_t)a.v;
+                memcpy(m->values.d + 8 * (size_t)row, &a.v, 8); /* two's complement: the int64 */
                 valid = 1;
             }
-            TRY(buf_put(&m->values, &v, sizeof(v)));
             break;
-        }
-        case MV_DOUBLE: {
-            double d = 0.0;
+        case MV_DOUBLE:
             if (a.kind == AV_DOUBLE) {
-                memcpy(&d, &a.v, sizeof(d));
+                memcpy(m->values.d + 8 * (size_t)row, &a.v, 8);
                 valid = 1;
             } else if (a.kind == AV_INT) {
-                d = (double)(int64_t)a.v; /* round to nearest, as Python's float(int) */
+                double d = (double)(int64_t)a.v; /* round to nearest, as Python's float(int) */
+                memcpy(m->values.d + 8 * (size_t)row, &d, 8);
                 valid = 1;
             }
-            TRY(buf_put(&m->values, &d, sizeof(d)));
             break;
-        }
         case MV_BOOL:
-            valid = a.kind == AV_BOOL;
-            TRY(mv_bit(&m->values, row, valid && a.v != 0));
+            if (a.kind == AV_BOOL) {
+                if (a.v != 0) set_bit(&m->values, row);
+                valid = 1;
+            }
             break;
         default: /* MV_STRINGS */
             if (a.kind == AV_ARRAY) TRY(mv_strings(m, a.s, a.len, &valid));
             if (m->elements > INT32_MAX) return BAIL;
-            TRY(mv_offset(&m->values, (size_t)m->elements));
+            TRY(put_offset(&m->values, row, (size_t)m->elements));
             break;
     }
-    if (!valid) m->nulls++;
-    return mv_bit(&m->validity, row, valid);
+    if (valid)
+        set_bit(&m->validity, row);
+    else
+        m->nulls++;
+    return OK;
 }
 
 /* The `minivoice` row of the span whose attributes are the entries [base, top). */
 static int mv_row(Ctx *c, size_t base, size_t top) {
+    if (c->rows >= c->mv_rows) return BAIL; /* more spans than counted: never, but never overrun */
     const size_t none = SIZE_MAX;
     for (int i = 0; i < mv_count; i++) c->mv_found[i] = none;
     for (size_t i = base; i < top; i++) {
@@ -1219,6 +1247,7 @@ static int span_row(Ctx *c, const SpanContext *sc, const uint8_t *s, size_t n) {
     TRY(col_str(&c->kind, (const uint8_t *)kind_name, strlen(kind_name)));
     TRY(put_int64(&c->start_ns, start));
     TRY(put_int64(&c->end_ns, end));
+    TRY(buf_put(&c->ingested_at, &c->ingested_at_ns, sizeof(c->ingested_at_ns)));
     const char *status_name = (code >= 0 && code < 3) ? STATUSES[code] : "UNSET";
     TRY(col_str(&c->status_code, (const uint8_t *)status_name, strlen(status_name)));
     TRY(col_str_or_null(&c->status_message, message, message_len));
@@ -1436,6 +1465,32 @@ static int count_valid_spans(const uint8_t *s, size_t n, int64_t *count) {
     return OK;
 }
 
+/* The number of spans in a request (no validation): what the walk will make rows of. */
+static int count_spans(const uint8_t *s, size_t n, int64_t *count) {
+    Msg m = msg_of(s, n);
+    Field f = {0, 0, 0, NULL, 0};
+    int r;
+    FOR_FIELDS(m, f, r) {
+        if (f.field != 1 || f.wt != 2) continue;
+        Msg rm = msg_of(f.s, f.len);
+        Field g = {0, 0, 0, NULL, 0};
+        int q;
+        FOR_FIELDS(rm, g, q) {
+            if (g.field != 2 || g.wt != 2) continue;
+            Msg sm = msg_of(g.s, g.len);
+            Field h = {0, 0, 0, NULL, 0};
+            int t;
+            FOR_FIELDS(sm, h, t) {
+                if (h.field == 2 && h.wt == 2) (*count)++;
+            }
+            END_FIELDS(t);
+        }
+        END_FIELDS(q);
+    }
+    END_FIELDS(r);
+    return *count > INT32_MAX ? BAIL : OK;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Python interface
  */
@@ -1452,14 +1507,29 @@ static StrCol *ctx_columns(Ctx *c, int i) {
 static const int NULLABLE[] = {0, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0};
 #define N_STRING_COLUMNS 18
 
-static int ctx_init(Ctx *c) {
+/* `rows`: the number of spans in the request (count_spans); per-row buffers are sized for it. */
+static int ctx_init(Ctx *c, int64_t rows) {
     memset(c, 0, sizeof(*c));
     for (int i = 0; i < N_STRING_COLUMNS; i++) TRY(col_init(ctx_columns(c, i), NULLABLE[i]));
     if (mv_count < 0) return BAIL; /* set_minivoice_fields not called: the Python path */
     c->mv = PyMem_Calloc((size_t)mv_count + 1, sizeof(MvCol));
     c->mv_found = PyMem_Calloc((size_t)mv_count + 1, sizeof(size_t));
     if (c->mv == NULL || c->mv_found == NULL) return NOMEM;
-    for (int i = 0; i < mv_count; i++) TRY(mv_col_init(&c->mv[i], mv_fields[i].kind));
+    c->mv_rows = rows;
+    for (int i = 0; i < mv_count; i++) TRY(mv_col_init(&c->mv[i], mv_fields[i].kind, rows));
+    /* the other per-row buffers, at their final size too (spans' string columns) */
+    size_t r = (size_t)rows;
+    for (int i = 0; i < N_STRING_COLUMNS - 2; i++) {
+        StrCol *col = ctx_columns(c, i);
+        TRY(buf_reserve(&col->offsets, 4 * r));
+        if (col->nullable) TRY(buf_reserve(&col->validity, r / 8 + 1));
+    }
+    TRY(buf_reserve(&c->trace_id.data, 32 * r));
+    TRY(buf_reserve(&c->span_id.data, 16 * r));
+    TRY(buf_reserve(&c->start_ns, 8 * r));
+    TRY(buf_reserve(&c->end_ns, 8 * r));
+    TRY(buf_reserve(&c->ingested_at, 8 * r));
+    TRY(buf_reserve(&c->event_offsets, 4 * r + 4));
     int32_t zero = 0;
     return buf_put(&c->event_offsets, &zero, sizeof(zero));
 }
@@ -1470,6 +1540,7 @@ static void ctx_free(Ctx *c) {
     buf_free(&c->end_ns);
     buf_free(&c->event_time);
     buf_free(&c->event_offsets);
+    buf_free(&c->ingested_at);
     buf_free(&c->resource_json);
     PyMem_Free(c->entries);
     PyMem_Free(c->table);
@@ -1551,17 +1622,20 @@ PyDoc_STRVAR(walk_doc,
              "end_ns, event offsets, event count, event times, the minivoice struct column as an\n"
              "\"arrow_array\" PyCapsule). None: use the Python path (also before set_minivoice_fields).");
 
-static PyObject *walk(PyObject *module, PyObject *arg) {
-    (void)module;
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "walk() takes bytes");
-        return NULL;
-    }
-    const uint8_t *s = (const uint8_t *)PyBytes_AS_STRING(arg);
-    size_t n = (size_t)PyBytes_GET_SIZE(arg);
+/* The columns of `n` requests, rows in order (`times`: each request's ingested_at_ns, or NULL).
+ * None when any request has something left to the Python path. */
+static PyObject *walk_bodies(Py_ssize_t n, const uint8_t *const *bodies, const size_t *lens, const int64_t *times) {
     Ctx c;
-    int r = ctx_init(&c);
-    if (r == OK) r = request(&c, s, n);
+    int64_t rows = 0;
+    int r = OK;
+    for (Py_ssize_t i = 0; r == OK && i < n; i++) r = count_spans(bodies[i], lens[i], &rows);
+    if (r == OK) r = ctx_init(&c, rows);
+    else memset(&c, 0, sizeof(c));
+    for (Py_ssize_t i = 0; r == OK && i < n; i++) {
+        c.ingested_at_ns = times != NULL ? times[i] : 0;
+        r = request(&c, bodies[i], lens[i]);
+    }
+    if (r == OK && c.rows != rows) r = BAIL; /* the MvCol buffers are sized for `rows` */
     PyObject *result = NULL;
     if (r == OK) {
         PyObject *strings = PyTuple_New(N_STRING_COLUMNS);
@@ -1576,10 +1650,14 @@ static PyObject *walk(PyObject *module, PyObject *arg) {
         PyObject *minivoice = strings != NULL ? mv_capsule(&c) : NULL;
         if (minivoice == NULL) {
             Py_CLEAR(strings);
-        } else {
+        } else if (times == NULL) {
             result = Py_BuildValue("(LNNNNLNN)", (long long)c.rows, strings, bytes_of(&c.start_ns),
                                    bytes_of(&c.end_ns), bytes_of(&c.event_offsets), (long long)c.events,
                                    bytes_of(&c.event_time), minivoice);
+        } else {
+            result = Py_BuildValue("(LNNNNLNNN)", (long long)c.rows, strings, bytes_of(&c.start_ns),
+                                   bytes_of(&c.end_ns), bytes_of(&c.event_offsets), (long long)c.events,
+                                   bytes_of(&c.event_time), minivoice, bytes_of(&c.ingested_at));
         }
     } else if (r == BAIL) {
         result = Py_NewRef(Py_None);
@@ -1587,6 +1665,56 @@ static PyObject *walk(PyObject *module, PyObject *arg) {
         PyErr_NoMemory();
     }
     ctx_free(&c);
+    return result;
+}
+
+static PyObject *walk(PyObject *module, PyObject *arg) {
+    (void)module;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "walk() takes bytes");
+        return NULL;
+    }
+    const uint8_t *body = (const uint8_t *)PyBytes_AS_STRING(arg);
+    size_t len = (size_t)PyBytes_GET_SIZE(arg);
+    return walk_bodies(1, &body, &len, NULL);
+}
+
+PyDoc_STRVAR(walk_records_doc,
+             "walk_records(records: Sequence[tuple[bytes, int]]) -> tuple | None\n\n"
+             "walk() of several requests (body, ingested_at_ns) at once, rows in order, plus an int64\n"
+             "ingested_at_ns column. None if any request has something left to the Python path.");
+
+static PyObject *walk_records(PyObject *module, PyObject *arg) {
+    (void)module;
+    PyObject *seq = PySequence_Fast(arg, "walk_records() takes a sequence of (body, ingested_at_ns)");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    const uint8_t **bodies = PyMem_Malloc(sizeof(*bodies) * (size_t)(n + 1));
+    size_t *lens = PyMem_Malloc(sizeof(*lens) * (size_t)(n + 1));
+    int64_t *times = PyMem_Malloc(sizeof(*times) * (size_t)(n + 1));
+    PyObject *result = NULL;
+    if (bodies == NULL || lens == NULL || times == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *body;
+        long long time;
+        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "O!L", &PyBytes_Type, &body, &time)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "each record is a tuple (bytes, int)");
+            goto done;
+        }
+        bodies[i] = (const uint8_t *)PyBytes_AS_STRING(body); /* alive: `seq` holds the tuple */
+        lens[i] = (size_t)PyBytes_GET_SIZE(body);
+        times[i] = (int64_t)time;
+    }
+    result = walk_bodies(n, bodies, lens, times);
+done:
+    PyMem_Free(bodies);
+    PyMem_Free(lens);
+    PyMem_Free(times);
+    Py_DECREF(seq);
     return result;
 }
 
@@ -1711,6 +1839,7 @@ fail:
 static PyMethodDef methods[] = {
     {"set_minivoice_fields", set_minivoice_fields, METH_O, set_minivoice_fields_doc},
     {"walk", walk, METH_O, walk_doc},
+    {"walk_records", walk_records, METH_O, walk_records_doc},
     {"count_valid", count_valid, METH_O, count_valid_doc},
     {"json_double", py_json_double, METH_O, json_double_doc},
     {NULL, NULL, 0, NULL},

@@ -15,6 +15,24 @@ Columns = tuple[
 ]
 
 def walk(body: bytes, /) -> Columns | None: ...
+def walk_records(
+    records: Sequence[tuple[bytes, int]], /
+) -> (
+    tuple[
+        int,
+        tuple[StringColumn, ...],
+        OwnedBuffer,
+        OwnedBuffer,
+        OwnedBuffer,
+        int,
+        OwnedBuffer,
+        object,
+        OwnedBuffer,
+    ]
+    | None
+):
+    """walk() of several requests at once; the last item is the int64 ingested_at_ns column."""
+
 def count_valid(body: bytes, /) -> int | None: ...
 def json_double(value: float, /) -> bytes: ...
 def set_minivoice_fields(fields: Sequence[tuple[str, int]], /) -> None: ...

@@ -34,6 +34,7 @@ import base64
 import importlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -472,8 +473,10 @@ def request_to_table(request: ExportTraceServiceRequest, ingested_at_ns: int) ->
     return DecodedBatch(table=table, rejected=rejected.rejected, reasons=rejected.reasons)
 
 
-def _span_table(arrays: dict[str, pa.Array], count: int, ingested_at_ns: int) -> pa.Table:
-    arrays["ingested_at_ns"] = pa.repeat(pa.scalar(ingested_at_ns, pa.int64()), count)
+def _span_table(arrays: dict[str, pa.Array], count: int, ingested_at_ns: int | pa.Array) -> pa.Table:
+    if isinstance(ingested_at_ns, int):
+        ingested_at_ns = pa.repeat(pa.scalar(ingested_at_ns, pa.int64()), count)
+    arrays["ingested_at_ns"] = ingested_at_ns
     # A column added to SPAN_SCHEMA that the decoders do not fill yet is stored as nulls.
     columns = [arrays.get(f.name, pa.nulls(count, f.type)) for f in SPAN_SCHEMA]
     return pa.Table.from_arrays(columns, schema=SPAN_SCHEMA)
@@ -553,6 +556,32 @@ def fast_request_to_table(body: bytes, ingested_at_ns: int) -> DecodedBatch | No
     result = _otlp_fast.walk(body)
     if result is None:
         return None
+    table = _fast_table(result, ingested_at_ns)
+    return None if table is None else DecodedBatch(table=table)
+
+
+def fast_records_to_table(records: Sequence[tuple[bytes, int]]) -> DecodedBatch | None:
+    """WAL records (protobuf bodies that `parse_protobuf` accepted, with their ingested_at_ns) as one
+    table, rows in order: what `decode_protobuf(body, t, parsed_before=True)` of each, concatenated,
+    gives. One C walk for them all, so the per-request Arrow work (~0.5 us/span for 512-span
+    requests) is paid once. None when any record defers to Python (then decode them one by one).
+    """
+    if _otlp_fast is None:
+        return None
+    result = _otlp_fast.walk_records(records)
+    if result is None:
+        return None
+    *columns, ingested_at = result
+    count = columns[0]
+    table = _fast_table(
+        tuple(columns),
+        pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(ingested_at)]),
+    )
+    return None if table is None else DecodedBatch(table=table)
+
+
+def _fast_table(result: tuple[Any, ...], ingested_at_ns: int | pa.Array) -> pa.Table | None:
+    """The table of `_otlp_fast.walk`'s columns; None if Arrow finds them invalid."""
     count, strings, starts, ends, event_offsets, event_count, event_times, minivoice = result
     try:
         arrays = {
@@ -578,7 +607,7 @@ def fast_request_to_table(body: bytes, ingested_at_ns: int) -> DecodedBatch | No
         events,
         type=pa.list_(EVENT_TYPE),
     )
-    return DecodedBatch(table=_span_table(arrays, count, ingested_at_ns))
+    return _span_table(arrays, count, ingested_at_ns)
 
 
 _warned_slow = False

@@ -6,20 +6,26 @@
 - Old and new segments read together (union_by_name): the old rows show the column as null.
 - Parquet settings of segments: dictionary only on low-cardinality columns, statistics only on the
   top-level scalars.
+- The roll-up decodes a WAL file in one C walk, or record by record when a record needs the Python
+  path: the segment is the same either way.
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from pipeline.compaction import compact
-from pipeline.otlp import decode_protobuf
+from pipeline.otlp import decode_protobuf, fast_records_to_table, parse_protobuf, request_to_table
+from pipeline.rollup import roll_wal_file
 from pipeline.samples import sample_request
 from pipeline.schema import MINIVOICE_COLUMN, SPAN_SCHEMA, UNTYPED_SPAN_SCHEMA
 from pipeline.storage import SEGMENT_DICTIONARY_COLUMNS, SEGMENT_STATISTICS_COLUMNS, DataDir
+from pipeline.wal import HEADER
 
 START_NS = 1_714_564_800_000_000_000  # sample_request's day: 2024-05-01
 
@@ -114,3 +120,33 @@ def test_segment_parquet_settings(tmp_path: Path) -> None:
         assert columns[name].is_stats_set, name
     for name in ("attributes", "events.list.element.attributes", "minivoice.close_code"):
         assert not columns[name].is_stats_set, name
+
+
+def _wal_file(data: DataDir, name: str, records: list[tuple[bytes, int]]) -> Path:
+    data.wal_dir.mkdir(parents=True, exist_ok=True)
+    path = data.wal_dir / name
+    path.write_bytes(b"".join(HEADER.pack(len(b), zlib.crc32(b), t) + b for b, t in records))
+    return path
+
+
+def test_rollup_of_a_wal_file_in_one_walk_or_record_by_record(tmp_path: Path) -> None:
+    data = DataDir(tmp_path, fsync=False)
+    plain = [
+        (sample_request(40, seed=seed, start_ns=START_NS).SerializeToString(), 1000 + seed)
+        for seed in range(3)
+    ]
+    odd = sample_request(10, seed=9, start_ns=START_NS)
+    span = odd.resource_spans[0].scope_spans[0].spans[0]
+    span.attributes.add(key="minivoice.close.code", value=AnyValue(int_value=1))  # a repeated key:
+    span.attributes.add(key="minivoice.close.code", value=AnyValue(string_value="x"))  # Python decides
+    mixed = [*plain[:2], (odd.SerializeToString(), 2000), plain[2]]
+    assert fast_records_to_table(plain) is not None and fast_records_to_table(mixed) is None
+    for name, records in (("wal-1-a.log", plain), ("wal-2-b.log", mixed)):
+        result = roll_wal_file(str(data.path), str(_wal_file(data, name, records)), fsync=False)
+        [segment] = result.segments
+        expected = pa.concat_tables(request_to_table(parse_protobuf(b), t).table for b, t in records)
+        stored = pq.read_table(segment).cast(SPAN_SCHEMA)
+        assert stored.num_rows == expected.num_rows == result.spans
+        assert stored.drop_columns(["minivoice"]).equals(expected.drop_columns(["minivoice"]))
+        assert stored["minivoice"].to_pylist() == expected["minivoice"].to_pylist()
+    assert not list(data.wal_dir.iterdir())

@@ -291,6 +291,65 @@ def test_plain_requests_are_decoded_by_c(request: ExportTraceServiceRequest) -> 
     assert only_c.accepted == sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
 
 
+def _records_table(records: list[tuple[bytes, int]]) -> pa.Table:
+    """What the roll-up stored before walk_records: each record by the Python path, concatenated."""
+    tables = [request_to_table(parse_protobuf(body), time).table for body, time in records]
+    return pa.concat_tables(tables) if tables else otlp.empty_table()
+
+
+@needs_fast
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(requests(plain=True), st.integers(0, INT64_MAX)), max_size=4))
+def test_records_walked_at_once_are_their_requests_concatenated(
+    records: list[tuple[ExportTraceServiceRequest, int]],
+) -> None:
+    """walk_records (the roll-up: a whole WAL file in one walk) == each request decoded, in order."""
+    encoded = [(request.SerializeToString(), time) for request, time in records]
+    batch = otlp.fast_records_to_table(encoded)
+    assert batch is not None, "a request the C decoder handles alone made walk_records defer"
+    assert_tables_equal(batch.table, _records_table(encoded))
+
+
+@needs_fast
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(requests(), min_size=1, max_size=3))
+def test_records_with_anything_defer_or_match(records: list[ExportTraceServiceRequest]) -> None:
+    """One record the C path leaves to Python makes the whole walk defer (never a partial table)."""
+    encoded = [(request.SerializeToString(), index) for index, request in enumerate(records)]
+    encoded = [(body, time) for body, time in encoded if _parses(body)]
+    batch = otlp.fast_records_to_table(encoded)
+    each = [fast_request_to_table(body, time) for body, time in encoded]
+    if batch is None:
+        assert any(one is None for one in each)
+    else:
+        assert all(one is not None for one in each)
+        assert_tables_equal(batch.table, _records_table(encoded))
+
+
+def _parses(body: bytes) -> bool:
+    try:
+        parse_protobuf(body)
+    except OTLPDecodeError:
+        return False
+    return True
+
+
+@needs_fast
+def test_walk_records_input() -> None:
+    empty = otlp.fast_records_to_table([])
+    assert empty is not None and empty.accepted == 0 and empty.table.schema == otlp.SPAN_SCHEMA
+    with pytest.raises(TypeError):
+        fast.walk_records([b"x"])
+    with pytest.raises(TypeError):
+        fast.walk_records([("not bytes", 1)])
+    with pytest.raises(TypeError):
+        fast.walk_records(5)
+    body = sample_request(7, seed=3).SerializeToString()
+    rows = otlp.fast_records_to_table([(body, 5), (body, -1), (b"", 9)])
+    assert rows is not None
+    assert rows.table["ingested_at_ns"].to_pylist() == [5] * 7 + [-1] * 7
+
+
 @needs_fast
 def test_realistic_batches_take_the_c_path() -> None:
     for seed in range(3):
@@ -735,6 +794,8 @@ def test_walker_is_safe_on_bytes_upb_rejects() -> None:
         garbage = _mutate(rng, body) if rng.random() < 0.7 else rng.randbytes(rng.randrange(64))
         result = fast.walk(garbage)
         assert result is None or isinstance(result, tuple)
+        several = fast.walk_records([(body, 1), (garbage, 2)])
+        assert several is None or isinstance(several, tuple)
         count = fast.count_valid(garbage)
         assert count is None or count >= 0
         # a WAL record is trusted to be parsed before; garbage still never crashes it
