@@ -25,7 +25,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 RUN pip install --no-index --find-links /wheels 'callscope[dashboard]' \
     && rm -rf /wheels \
-    && python -c "import pipeline._otlp_fast"
+    && python -c "import pipeline._otlp_fast; import collectors._media_fast"
 
 # A fixed non-root uid, so that files in the shared data volume have one owner whichever
 # service wrote them. /data is created here so that a fresh named volume inherits its owner.
