@@ -550,9 +550,8 @@ typedef struct {
     /* the current span's events and links */
     Slice *event_slices, *link_slices;
     size_t n_events, cap_events, n_links, cap_links;
-    /* the typed `minivoice` column: one MvCol per field, and the current span's entry per field */
+    /* the typed `minivoice` column: one MvCol per field */
     struct MvCol *mv;
-    size_t *mv_found;
     int64_t mv_rows; /* the rows the MvCol buffers are sized for (count_spans) */
 } Ctx;
 
@@ -764,14 +763,17 @@ static uint32_t *mv_table = NULL; /* open addressing over the key hash: field in
 static size_t mv_mask = 0;
 
 /* The span count is known before the walk (count_spans), so the per-row buffers are allocated
- * once, at their final size, and zeroed: a null int64/double/bool costs nothing, a null string or
- * list one offset store. */
+ * once, at their final size, and zeroed. Only the attributes a span has are touched: a null int64,
+ * double or bool costs nothing, and the offsets of null strings and lists are filled in when the
+ * next value (or the export) comes. */
 typedef struct MvCol {
     Buf validity; /* one bit per row, zeroed: set for the valid rows */
     Buf values;   /* int64, double: 8 bytes per row; bool: one bit per row; string, list: int32 offsets */
     Buf data;     /* string: the bytes; list: int32 offsets of the element strings in child_data */
     Buf child_data;
-    int64_t nulls, elements;
+    int64_t valid, elements;
+    int64_t filled; /* string, list: offsets[0..filled] are written */
+    int64_t seen;   /* the row this field was last found in, + 1 (a key twice in one span defers) */
 } MvCol;
 
 /* A Buf of exactly `n` zero bytes (at least 8 allocated, so no exported pointer is NULL). */
@@ -795,7 +797,7 @@ static int mv_col_init(MvCol *m, int kind, int64_t rows) {
         case MV_BOOL:
             TRY(buf_zeroed(&m->values, bitmap));
             break;
-        default: /* string, list: offsets[0] = 0, the others are written row by row */
+        default: /* string, list: offsets[0] = 0 */
             TRY(buf_zeroed(&m->values, 4 * (r + 1)));
             break;
     }
@@ -828,10 +830,12 @@ static inline int mv_lookup(const Entry *e) {
 
 static inline void set_bit(Buf *b, int64_t row) { b->d[row / 8] |= (uint8_t)(1u << (row % 8)); }
 
-static inline int put_offset(Buf *offsets, int64_t row, size_t n) {
-    if (n > MAX_COLUMN_BYTES) return BAIL;
-    int32_t offset = (int32_t)n;
-    memcpy(offsets->d + 4 * (size_t)(row + 1), &offset, sizeof(offset));
+/* String and list offsets: rows before `row` not written yet are null (empty): they end at `end`. */
+static inline int mv_fill(MvCol *m, int64_t row, size_t end) {
+    if (end > MAX_COLUMN_BYTES) return BAIL;
+    int32_t offset = (int32_t)end;
+    for (int64_t k = m->filled + 1; k <= row; k++) memcpy(m->values.d + 4 * (size_t)k, &offset, sizeof(offset));
+    if (row > m->filled) m->filled = row;
     return OK;
 }
 
@@ -864,68 +868,75 @@ static int mv_strings(MvCol *m, const uint8_t *s, size_t n, int *valid) {
     return OK;
 }
 
-/* Row `row` of a field of `kind`: the attribute's AnyValue bytes (NULL: absent), converted. The
- * buffers are zeroed and sized for every row (mv_col_init): only what is not zero is written. */
+/* Row `row` of a field of `kind` from the attribute's AnyValue bytes (NULL: no value): written only
+ * when the value converts (mv_col_init's zeroed buffers already say null). */
 static int mv_append(MvCol *m, int kind, int64_t row, const uint8_t *value, size_t vlen) {
+    if (value == NULL) return OK;
     AnyValue a;
-    a.kind = AV_NONE;
-    if (value != NULL) TRY(any_value(value, vlen, &a));
-    int valid = 0;
+    TRY(any_value(value, vlen, &a));
     switch (kind) {
         case MV_STRING:
-            if (a.kind == AV_STRING) {
-                TRY(buf_put(&m->data, a.s, a.len));
-                valid = 1;
-            }
-            TRY(put_offset(&m->values, row, m->data.n));
+            if (a.kind != AV_STRING) return OK;
+            TRY(mv_fill(m, row, m->data.n));
+            TRY(buf_put(&m->data, a.s, a.len));
+            TRY(mv_fill(m, row + 1, m->data.n));
             break;
         case MV_INT:
-            if (a.kind == AV_INT) {
-                memcpy(m->values.d + 8 * (size_t)row, &a.v, 8); /* two's complement: the int64 */
-                valid = 1;
-            }
+            if (a.kind != AV_INT) return OK;
+            memcpy(m->values.d + 8 * (size_t)row, &a.v, 8); /* two's complement: the int64 */
             break;
         case MV_DOUBLE:
             if (a.kind == AV_DOUBLE) {
                 memcpy(m->values.d + 8 * (size_t)row, &a.v, 8);
-                valid = 1;
             } else if (a.kind == AV_INT) {
                 double d = (double)(int64_t)a.v; /* round to nearest, as Python's float(int) */
                 memcpy(m->values.d + 8 * (size_t)row, &d, 8);
-                valid = 1;
+            } else {
+                return OK;
             }
             break;
         case MV_BOOL:
-            if (a.kind == AV_BOOL) {
-                if (a.v != 0) set_bit(&m->values, row);
-                valid = 1;
-            }
+            if (a.kind != AV_BOOL) return OK;
+            if (a.v != 0) set_bit(&m->values, row);
             break;
-        default: /* MV_STRINGS */
-            if (a.kind == AV_ARRAY) TRY(mv_strings(m, a.s, a.len, &valid));
-            if (m->elements > INT32_MAX) return BAIL;
-            TRY(put_offset(&m->values, row, (size_t)m->elements));
+        default: { /* MV_STRINGS */
+            if (a.kind != AV_ARRAY) return OK;
+            TRY(mv_fill(m, row, (size_t)m->elements));
+            int valid;
+            TRY(mv_strings(m, a.s, a.len, &valid));
+            if (!valid) return OK;
+            TRY(mv_fill(m, row + 1, (size_t)m->elements));
             break;
+        }
     }
-    if (valid)
-        set_bit(&m->validity, row);
-    else
-        m->nulls++;
+    set_bit(&m->validity, row);
+    m->valid++;
     return OK;
 }
 
 /* The `minivoice` row of the span whose attributes are the entries [base, top). */
 static int mv_row(Ctx *c, size_t base, size_t top) {
-    if (c->rows >= c->mv_rows) return BAIL; /* more spans than counted: never, but never overrun */
-    const size_t none = SIZE_MAX;
-    for (int i = 0; i < mv_count; i++) c->mv_found[i] = none;
+    int64_t row = c->rows;
+    if (row >= c->mv_rows) return BAIL; /* more spans than counted: never, but never overrun */
     for (size_t i = base; i < top; i++) {
-        int field = mv_lookup(&c->entries[i]);
-        if (field >= 0) c->mv_found[field] = i; /* the last one wins (a repeated key defers anyway) */
+        const Entry *e = &c->entries[i];
+        int field = mv_lookup(e);
+        if (field < 0) continue;
+        MvCol *m = &c->mv[field];
+        if (m->seen == row + 1) return BAIL; /* a repeated key: the Python path (last one wins) */
+        m->seen = row + 1;
+        TRY(mv_append(m, mv_fields[field].kind, row, e->value, e->vlen));
     }
+    return OK;
+}
+
+/* Close the columns: the offsets of the trailing null rows. */
+static int mv_finish(Ctx *c) {
     for (int i = 0; i < mv_count; i++) {
-        const Entry *e = c->mv_found[i] == none ? NULL : &c->entries[c->mv_found[i]];
-        TRY(mv_append(&c->mv[i], mv_fields[i].kind, c->rows, e ? e->value : NULL, e ? e->vlen : 0));
+        MvCol *m = &c->mv[i];
+        int kind = mv_fields[i].kind;
+        if (kind == MV_STRING) TRY(mv_fill(m, c->rows, m->data.n));
+        if (kind == MV_STRINGS) TRY(mv_fill(m, c->rows, (size_t)m->elements));
     }
     return OK;
 }
@@ -1031,6 +1042,8 @@ static int node_child(struct ArrowArray *parent, int64_t index, struct ArrowArra
 /* The struct array (no validity: never null) with one child per field; the MvCols are emptied. */
 static int mv_export(Ctx *c, struct ArrowArray *out) {
     Buf *no_buffer[1] = {NULL};
+    memset(out, 0, sizeof(*out));
+    TRY(mv_finish(c));
     TRY(node_init(out, c->rows, 0, no_buffer, 1, mv_count));
     for (int i = 0; i < mv_count; i++) {
         MvCol *m = &c->mv[i];
@@ -1039,17 +1052,17 @@ static int mv_export(Ctx *c, struct ArrowArray *out) {
         int kind = mv_fields[i].kind;
         if (kind == MV_STRING) {
             Buf *bufs[3] = {&m->validity, &m->values, &m->data};
-            TRY(node_init(child, c->rows, m->nulls, bufs, 3, 0));
+            TRY(node_init(child, c->rows, c->rows - m->valid, bufs, 3, 0));
         } else if (kind == MV_STRINGS) {
             Buf *bufs[2] = {&m->validity, &m->values};
-            TRY(node_init(child, c->rows, m->nulls, bufs, 2, 1));
+            TRY(node_init(child, c->rows, c->rows - m->valid, bufs, 2, 1));
             struct ArrowArray *strings;
             TRY(node_child(child, 0, &strings));
             Buf *string_bufs[3] = {NULL, &m->data, &m->child_data};
             TRY(node_init(strings, m->elements, 0, string_bufs, 3, 0));
         } else {
             Buf *bufs[2] = {&m->validity, &m->values};
-            TRY(node_init(child, c->rows, m->nulls, bufs, 2, 0));
+            TRY(node_init(child, c->rows, c->rows - m->valid, bufs, 2, 0));
         }
     }
     return OK;
@@ -1513,8 +1526,7 @@ static int ctx_init(Ctx *c, int64_t rows) {
     for (int i = 0; i < N_STRING_COLUMNS; i++) TRY(col_init(ctx_columns(c, i), NULLABLE[i]));
     if (mv_count < 0) return BAIL; /* set_minivoice_fields not called: the Python path */
     c->mv = PyMem_Calloc((size_t)mv_count + 1, sizeof(MvCol));
-    c->mv_found = PyMem_Calloc((size_t)mv_count + 1, sizeof(size_t));
-    if (c->mv == NULL || c->mv_found == NULL) return NOMEM;
+    if (c->mv == NULL) return NOMEM;
     c->mv_rows = rows;
     for (int i = 0; i < mv_count; i++) TRY(mv_col_init(&c->mv[i], mv_fields[i].kind, rows));
     /* the other per-row buffers, at their final size too (spans' string columns) */
@@ -1549,7 +1561,6 @@ static void ctx_free(Ctx *c) {
     if (c->mv != NULL)
         for (int i = 0; i < mv_count; i++) mv_col_free(&c->mv[i]);
     PyMem_Free(c->mv);
-    PyMem_Free(c->mv_found);
 }
 
 /* A read-only buffer (buffer protocol) owning a Buf's memory: Arrow wraps it without a copy
