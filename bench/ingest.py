@@ -70,16 +70,23 @@ from pipeline.storage import (  # noqa: E402
 BATCH = 512
 
 
+#: CPU microseconds per span of each decode_rate call (spans/s move with the machine's load;
+#: CPU time much less).
+DECODE_CPU_US: dict[bool, list[float]] = {True: [], False: []}
+
+
 def decode_rate(bodies: list[bytes], seconds: float, python: bool = False) -> float:
     """Spans/s of parse + row conversion, single thread (`python`: the pure-Python path)."""
     spans = 0
     started = time.perf_counter()
+    cpu_started = time.process_time()
     index = 0
     while time.perf_counter() - started < seconds:
         body = bodies[index % len(bodies)]
         batch = request_to_table(parse_protobuf(body), 1) if python else decode_protobuf(body, 1)
         spans += batch.accepted
         index += 1
+    DECODE_CPU_US[python].append((time.process_time() - cpu_started) * 1e6 / spans)
     return spans / (time.perf_counter() - started)
 
 
@@ -301,9 +308,13 @@ def main() -> None:
             runs[fsync].append(run)
     decoder = "C extension" if _otlp_fast is not None else "Python: the C extension is NOT built"
     ceiling = statistics.median(decode)
-    print(f"decode only, Python path:  {statistics.median(python):>10,.0f} spans/s")
+    print(
+        f"decode only, Python path:  {statistics.median(python):>10,.0f} spans/s  "
+        f"({statistics.median(DECODE_CPU_US[True]):.2f} CPU us/span)"
+    )
     print(
         f"decode only (ceiling):     {ceiling:>10,.0f} spans/s  ({decoder}; "
+        f"{statistics.median(DECODE_CPU_US[False]):.2f} CPU us/span; "
         f"{statistics.median(d / p for d, p in zip(decode, python, strict=True)):.1f}x Python; "
         f"rounds: {', '.join(f'{d:,.0f}' for d in decode)})"
     )
