@@ -328,11 +328,25 @@ class InstrumentedConnection:
         """`recv_json()` until the connection closes normally (as `async for` does for `recv()`)."""
         from websockets.exceptions import ConnectionClosedOK
 
-        # The connection's recv() directly, not through ours: no extra coroutine per frame.
-        receive, parse = self.connection.recv, self._parse
+        # The connection's recv() directly, not through ours: no extra coroutine per frame; and
+        # `_parse` inlined for the common message (a text frame within the limit).
+        receive, session, loads = self.connection.recv, self.session, json.loads
+        observe_message, limit = session.stats.observe_message, session.stats.max_message_chars
         try:
             while True:
-                yield parse(await receive())
+                message = await receive()
+                if type(message) is not str or len(message) > limit:
+                    yield self._parse(message)
+                    continue
+                try:
+                    document = loads(message)
+                except (ValueError, RecursionError):
+                    self._notify(self._observe(message))  # records invalid_json
+                    raise
+                notice = observe_message(document)
+                if notice is not None:
+                    session.notice(notice)
+                yield document
         except ConnectionClosedOK:
             return
 
