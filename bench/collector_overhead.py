@@ -15,7 +15,8 @@ The load average is printed at the start of each part and of each loopback round
      the C frame reader `collectors._media_fast` when it is built: the first line says);
    - instrumented, parsed-dict API: `async for message in connection.iter_json()`, where the
      collector parses once and counts from the dict the app gets;
-   - the counting alone (`StreamStats.observe` on the text, `observe_message` on the dict), and a
+   - the counting alone (`StreamStats.observe` on the text, `observe_message` on the dict), the
+     instrumented loop with the pure-Python frame reader (where the C one is not built), and a
      layout that misses the fast path (sorted keys), for reference.
    The connection is an in-memory source with websockets' `recv()` contract, so the figures are the
    collector's cost, not the network's. The variants run back to back on each chunk of `--chunk`
@@ -67,6 +68,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noq
 from websockets.exceptions import ConnectionClosedOK  # noqa: E402
 from websockets.frames import Close  # noqa: E402
 
+import collectors.media  # noqa: E402
 from collectors import logs  # noqa: E402
 from collectors.media import StreamStats  # noqa: E402
 from collectors.receiver import InstrumentedConnection, ReceiverSession  # noqa: E402
@@ -154,6 +156,16 @@ async def parsed_loop(frames: Sequence[str]) -> int:
     return count
 
 
+async def python_reader_loop(frames: Sequence[str]) -> int:
+    # The instrumented loop as it runs where the C frame reader is not built.
+    saved = collectors.media.scan_media
+    collectors.media.scan_media = collectors.media._scan_python
+    try:
+        return await instrumented_loop(frames)
+    finally:
+        collectors.media.scan_media = saved
+
+
 async def observe_text_only(frames: Sequence[str]) -> int:
     observe = StreamStats().observe
     for message in frames:
@@ -190,6 +202,7 @@ def bench_media(count: int, repeats: int, chunk: int) -> dict[str, float]:
         bare_name: (bare_loop, frames),
         "instrumented: InstrumentedConnection, raw-text fast path": (instrumented_loop, frames),
         "instrumented: iter_json() parsed-dict API": (parsed_loop, frames),
+        "instrumented, pure-Python frame reader (C one not built)": (python_reader_loop, frames),
         "instrumented, frames in another key order (general path)": (instrumented_loop, sorted_frames),
         "counting alone: StreamStats.observe(text), no loop": (observe_text_only, frames),
         "json.loads + StreamStats.observe_message(dict), no loop": (observe_dict_only, frames),
