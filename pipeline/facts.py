@@ -19,7 +19,7 @@ What a million calls cost is mostly aggregate state and per-row work, so facts a
 counts and times are plain numbers; the few "first/last" picks carry only what a verdict, a reason
 or a `calls` column reads; what a receiver's span events say is computed only for the spans whose
 typed attributes leave it open (a span without `minivoice.errors`, ...); the call's customer and
-phone numbers ride in the picks (`who`) instead of being aggregated over every span.
+application ride in two picks (`who`) instead of being aggregated over every span.
 
 Facts do not know what time it is; verdicts (`pipeline.verdicts`) derive from facts plus `as_of`.
 """
@@ -106,11 +106,11 @@ FIRST_ERROR_SQL = (
 )
 """SQL: the receiver span's first `error` event as {t, type, message} (null without one)."""
 
-#: SQL: whether a receiver span saw MiniVoice's `stop` (the typed attribute, else its span events;
-#: OR only looks at the events of spans without the attribute).
+#: SQL: whether a receiver span saw MiniVoice's `stop`: the typed attribute, else its span events
+#: (CASE reads the events only of the spans without the attribute; OR would read them all).
 STOPPED_SQL = (
-    "(mv.stop_reason IS NOT NULL "
-    "OR coalesce(list_contains(list_transform(events, lambda e: e.name), 'stop'), false))"
+    "CASE WHEN mv.stop_reason IS NOT NULL THEN true "
+    "ELSE coalesce(list_contains(list_transform(events, lambda e: e.name), 'stop'), false) END"
 )
 
 
@@ -164,14 +164,11 @@ EVERY = "*"
 #: span only feeds the aggregates of its own source. A fact of group EVERY is computed in each
 #: group and combined (`Fact.combine`).
 GROUPS = (ANSWER_URL, RECEIVER, WEBHOOK, OTHER)
-#: The call's identity as MiniVoice sent it (answer_url request and webhooks carry it), kept in
-#: the picks that read it: a struct of strings aggregated over every span would cost more than
-#: everything else (see docs/benchmarks.md, "Pipeline").
-WHO_SQL = (
-    "{'customer_id': mv.customer_id, 'application_id': mv.application_id, 'direction': mv.direction, "
-    "'from_masked': mv.from_masked, 'to_masked': mv.to_masked, 'from_hash': mv.from_hash, "
-    "'to_hash': mv.to_hash}"
-)
+#: Who the call belongs to, as MiniVoice sent it (the answer_url request and the webhooks carry
+#: it), kept in the two picks that read it. Aggregated over every span, or with the phone number
+#: fields (masked and keyed hashes, 76 characters each), it cost a third of the facts' CPU
+#: (docs/benchmarks.md, "Pipeline"); the numbers stay in the spans.
+WHO_SQL = "{'customer_id': mv.customer_id, 'application_id': mv.application_id, 'direction': mv.direction}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +197,21 @@ class Fact:
         if self.fn == "list_distinct":
             return f"list_distinct(list({self.expr}){filtered})"
         return f"{self.fn}({self.expr}){filtered}"
+
+    @property
+    def over_one_span(self) -> str:
+        """The same aggregate over a group of exactly one span row, as a plain expression (no
+        aggregate state: for the calls that have one span of the source, most of them)."""
+        if self.fn == "count":
+            return (
+                f"CAST(CASE WHEN {self.where} THEN 1 ELSE 0 END AS BIGINT)"
+                if self.where
+                else "CAST(1 AS BIGINT)"
+            )
+        value = f"CAST({self.expr} AS BIGINT)" if self.fn == "sum" else self.expr
+        if self.fn == "list_distinct":
+            value = f"list_distinct([{self.expr}])"
+        return f"CASE WHEN {self.where} THEN {value} END" if self.where else value
 
 
 def _conditions(config: FactsConfig) -> dict[str, str]:
@@ -379,18 +391,39 @@ def _combined(fact: Fact) -> str:
     return f"{fact.combine}({', '.join(parts)})"  # greatest/least skip NULLs
 
 
+#: Sources whose calls nearly always have one span (one answer_url request, one receiver
+#: connection): their facts are a projection of that span, and only the calls with several are
+#: aggregated. A million single-span groups through a hash aggregate cost 3x more CPU, most of it
+#: copying the picks into aggregate state.
+ONE_SPAN_GROUPS = (ANSWER_URL, RECEIVER)
+
+
 def group_facts_sql(span_rows: str, group: str, config: FactsConfig) -> str:
     """SQL: the facts of one source group, one row per call id with spans of that source."""
     known = ", ".join(f"'{g}'" for g in GROUPS if g != OTHER)
-    columns = ",\n       ".join(
-        f"{f.over_spans} AS {f.name}" for f in facts(config) if f.group in (group, EVERY)
-    )
+    own = [f for f in facts(config) if f.group in (group, EVERY)]
     where = f"(source IS NULL OR source NOT IN ({known}))" if group == OTHER else f"source = '{group}'"
+    rows = (
+        f"(SELECT *, {_group_columns(group, config)} FROM {span_rows}\n"
+        f"      WHERE call_id IS NOT NULL AND {where})"
+    )
+    aggregates = ",\n       ".join(f"{f.over_spans} AS {f.name}" for f in own)
+    if group not in ONE_SPAN_GROUPS:
+        return f"SELECT call_id,\n       {aggregates}\nFROM {rows}\nGROUP BY call_id"
+    # The calls with several spans of the source (a retried request, a reconnect): a narrow pass
+    # over the call ids. With none, DuckDB skips the aggregated branch's scan altogether; with a
+    # few, its scan reads only their rows' groups.
+    several = (
+        f"SELECT call_id FROM (SELECT call_id FROM {span_rows} WHERE call_id IS NOT NULL AND {where}) "
+        "GROUP BY call_id HAVING count(*) > 1"
+    )
+    projected = ",\n       ".join(f"{f.over_one_span} AS {f.name}" for f in own)
     return (
-        f"SELECT call_id,\n       {columns}\n"
-        f"FROM (SELECT *, {_group_columns(group, config)} FROM {span_rows}\n"
-        f"      WHERE call_id IS NOT NULL AND {where})\n"
-        "GROUP BY call_id"
+        f"WITH several AS MATERIALIZED ({several})\n"
+        f"SELECT call_id,\n       {projected}\nFROM {rows}\n"
+        "WHERE call_id NOT IN (SELECT call_id FROM several)\n"
+        f"UNION ALL\nSELECT call_id,\n       {aggregates}\nFROM {rows}\n"
+        "WHERE call_id IN (SELECT call_id FROM several)\nGROUP BY call_id"
     )
 
 

@@ -165,10 +165,6 @@ CALLS_COLUMNS_SQL = f"""
         + greatest(wh_completed_n - 1, 0) + wh_other_n - len(coalesce(wh_other_events, []))
         AS duplicate_webhooks,
     CAST(round(skew_ns / {NS_PER_MS}) AS BIGINT) AS receiver_clock_skew_ms,
-    {_who("from_masked")} AS from_masked,
-    {_who("to_masked")} AS to_masked,
-    {_who("from_hash")} AS from_hash,
-    {_who("to_hash")} AS to_hash,
     list_filter([coalesce(au_first_ok.service, au_last_failed.service), rx_last.service,
                  coalesce(completed.service, wh_latest.service)], lambda s: s IS NOT NULL) AS service_names,
     span_count
