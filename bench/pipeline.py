@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.schema import SPAN_SCHEMA  # noqa: E402
+from pipeline.schema import UNTYPED_SPAN_SCHEMA  # noqa: E402
 from pipeline.storage import DataDir  # noqa: E402
 
 #: 2026-05-29T00:00:00Z, the day of the MiniVoice doc's webhook example.
@@ -286,7 +286,7 @@ def generate_spans(con: duckdb.DuckDBPyConnection, first: int, n_calls: int, spa
     """Spans for calls first..first+n_calls-1, in SPAN_SCHEMA, ordered by end time (export order)."""
     params = {"first": first, "n": n_calls, "day_start": DAY_START_NS, "spacing": spacing_ns}
     table = con.sql(SPANS_SQL, params=params).to_arrow_table()
-    return table.cast(SPAN_SCHEMA)
+    return table.cast(UNTYPED_SPAN_SCHEMA)
 
 
 def _promote(con: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:
@@ -343,7 +343,7 @@ def late_batch(n_calls: int, size: int, salt: int, *, promoted: bool) -> pa.Tabl
             "SELECT * REPLACE (printf('%016x', hash(span_id, 'late') | 1) AS span_id) FROM existing "
             f"WHERE source = 'webhook' AND attributes LIKE '%call.completed%' LIMIT {size - fresh.num_rows}"
         ).to_arrow_table()
-        batch = pa.concat_tables([fresh, late.cast(SPAN_SCHEMA)])
+        batch = pa.concat_tables([fresh, late.cast(UNTYPED_SPAN_SCHEMA)])
         now = time.time_ns()
         batch = batch.set_column(
             batch.schema.get_field_index("ingested_at_ns"),
