@@ -294,11 +294,10 @@ def facts(config: FactsConfig) -> list[Fact]:
             "au_last_failed",
             au,
             "max",
-            "{'t': start_ns, 'k': span_key, 'end_ns': end_ns, 'status': mv.http_status_code, "
+            "{'t': start_ns, 'k': span_key, 'status': mv.http_status_code, "
             f"'latency_ms': {c['LATENCY']}, 'is_json': {c['IS_JSON']}, "
-            f"'body': left(mv.response_body, {BODY_CHARS}), "
-            "'error_type': mv.error_type, 'method': mv.http_method, 'path': mv.url_path, "
-            f"'status_message': status_message, 'service': service_name, 'who': {WHO_SQL}}}",
+            f"'body': left(mv.response_body, {BODY_CHARS}), 'error_type': mv.error_type, "
+            f"'path': mv.url_path, 'service': service_name, 'who': {WHO_SQL}}}",
             "NOT ok",
         ),
         # 2.-3. the stream receiver: connections, media, how they ended
@@ -333,18 +332,17 @@ def facts(config: FactsConfig) -> list[Fact]:
             "rx_first_drop",
             rx,
             "min",
-            "{'t': end_ns, 'k': span_key, 'start_ns': start_ns, 'code': mv.close_code, "
-            "'closed_by': mv.closed_by, 'reason': mv.close_reason, 'stream_id': mv.stream_id, "
-            "'frames': mv.media_frames}",
+            "{'t': end_ns, 'k': span_key, 'code': mv.close_code, 'closed_by': mv.closed_by, "
+            "'reason': mv.close_reason}",
             c["DROPPED"],
         ),
         agg(
             "rx_last",
             rx,
             "max",
-            "{'t': end_ns, 'k': span_key, 'start_ns': start_ns, 'code': mv.close_code, "
-            "'closed_by': mv.closed_by, 'reason': mv.close_reason, 'stop_reason': mv.stop_reason, "
-            "'stopped': stopped, 'stream_id': mv.stream_id, 'service': service_name}",
+            "{'t': end_ns, 'k': span_key, 'code': mv.close_code, 'closed_by': mv.closed_by, "
+            "'reason': mv.close_reason, 'stop_reason': mv.stop_reason, 'stopped': stopped, "
+            "'stream_id': mv.stream_id, 'service': service_name}",
         ),
         # 4. webhooks: the lifecycle, with completion as the source of truth
         count("wh_deliveries", wh, "delivered"),
