@@ -72,8 +72,14 @@ _MV_KIND_OF_TYPE = {
 MINIVOICE_KINDS: tuple[tuple[str, int], ...] = tuple(
     (attribute, _MV_KIND_OF_TYPE[arrow_type]) for _, attribute, arrow_type in MINIVOICE_FIELDS
 )
-_MV_INDEX = {attribute: (index, kind) for index, (attribute, kind) in enumerate(MINIVOICE_KINDS)}
 _MV_COUNT = len(MINIVOICE_KINDS)
+#: The AnyValue case each kind takes as it is (double and string arrays: `minivoice_value`).
+_MV_SAME_CASE = {MV_STRING: "string_value", MV_INT: "int_value", MV_BOOL: "bool_value"}
+#: attribute -> (position in MINIVOICE_FIELDS, kind, the AnyValue case taken as it is or None)
+_MV_INDEX = {
+    attribute: (index, kind, _MV_SAME_CASE.get(kind))
+    for index, (attribute, kind) in enumerate(MINIVOICE_KINDS)
+}
 
 
 logger = logging.getLogger(__name__)
@@ -228,7 +234,11 @@ def span_attributes(attributes: Any) -> tuple[dict[str, Any], list[Any]]:
             result[key] = any_value(value)
         field_at = index.get(key)
         if field_at is not None:  # a repeated key: the last value wins, as in the dict
-            typed[field_at[0]] = minivoice_value(value, field_at[1])
+            position, field_kind, same = field_at
+            if same is None:  # double, list of strings
+                typed[position] = minivoice_value(value, field_kind)
+            else:  # the value just read, when its case is the field's
+                typed[position] = result[key] if kind == same else None
     return result, typed
 
 
