@@ -81,7 +81,7 @@ def _scan_python(message: str) -> tuple[int, str, int, int] | None:
         return None
     size = (end - start) * 3 // 4 - message.count("=", end - 2, end)
     sequence, track, timestamp = head.groups()
-    return int(sequence), track, int(timestamp), max(size, 0)
+    return int(sequence), track, int(timestamp), size if size > 0 else 0
 
 
 def _load_scanner() -> Callable[[str], tuple[int, str, int, int] | None]:
