@@ -281,13 +281,16 @@ def facts(config: FactsConfig) -> list[Fact]:
             "min",
             "{'t': start_ns, 'k': span_key, 'end_ns': end_ns, 'status': mv.http_status_code, "
             f"'latency_ms': {c['LATENCY']}, 'valid': mv.action_valid, "
-            # Compact: most calls are valid, and per-call state is what a million calls cost.
-            "'types': array_to_string(coalesce(mv.action_types, []), ','), "
+            # Compact, as every byte here is stored per call: whether the actions include
+            # start_stream, and their names only when they do not (what no_stream's reason says).
+            "'start_stream': coalesce(list_contains(mv.action_types, 'start_stream'), false), "
+            "'types': CASE WHEN NOT coalesce(list_contains(mv.action_types, 'start_stream'), false) "
+            "THEN array_to_string(coalesce(mv.action_types, []), ',') END, "
             f"'problems': CASE WHEN {INVALID} THEN mv.action_problems END, "
             f"'messages': CASE WHEN {INVALID} THEN mv.action_problem_messages END, "
             "'stream_url': mv.stream_url, 'track': mv.track, "
             f"'body': CASE WHEN {INVALID} THEN left(mv.response_body, {BODY_CHARS}) END, "
-            f"'service': service_name, 'who': {WHO_SQL}}}",
+            f"'who': {WHO_SQL}}}",
             "ok",
         ),
         agg(
@@ -297,7 +300,7 @@ def facts(config: FactsConfig) -> list[Fact]:
             "{'t': start_ns, 'k': span_key, 'status': mv.http_status_code, "
             f"'latency_ms': {c['LATENCY']}, 'is_json': {c['IS_JSON']}, "
             f"'body': left(mv.response_body, {BODY_CHARS}), 'error_type': mv.error_type, "
-            f"'path': mv.url_path, 'service': service_name, 'who': {WHO_SQL}}}",
+            f"'path': mv.url_path, 'who': {WHO_SQL}}}",
             "NOT ok",
         ),
         # 2.-3. the stream receiver: connections, media, how they ended
@@ -341,8 +344,7 @@ def facts(config: FactsConfig) -> list[Fact]:
             rx,
             "max",
             "{'t': end_ns, 'k': span_key, 'code': mv.close_code, 'closed_by': mv.closed_by, "
-            "'reason': mv.close_reason, 'stop_reason': mv.stop_reason, 'stopped': stopped, "
-            "'stream_id': mv.stream_id, 'service': service_name}",
+            "'reason': mv.close_reason, 'stop_reason': mv.stop_reason, 'stopped': stopped}",
         ),
         # 4. webhooks: the lifecycle, with completion as the source of truth
         count("wh_deliveries", wh, "delivered"),
@@ -367,7 +369,7 @@ def facts(config: FactsConfig) -> list[Fact]:
             wh,
             "min",
             "{'t': created_ns, 'k': span_key, 'status': mv.call_status, 'received_ns': start_ns, "
-            f"'service': service_name, 'who': {WHO_SQL}}}",
+            f"'who': {WHO_SQL}}}",
             completed,
         ),
         # The latest lifecycle status before completion: what a call without call.completed got to.
@@ -375,8 +377,7 @@ def facts(config: FactsConfig) -> list[Fact]:
             "wh_latest",
             wh,
             "max",
-            "{'t': created_ns, 'k': span_key, 'status': mv.call_status, 'event': mv.event, "
-            "'service': service_name}",
+            "{'t': created_ns, 'k': span_key, 'status': mv.call_status, 'event': mv.event}",
             "delivered AND mv.call_status IS NOT NULL AND mv.event <> 'call.completed'",
         ),
     ]

@@ -270,7 +270,6 @@ def rules(config: RulesConfig) -> list[Rule]:
             "rx_connections > 0 AND media_frames = 0",
             cat(
                 "'receiver accepted the connection'",
-                "coalesce(' (stream ' || rx_last.stream_id || ')', '')",
                 f"' but no media arrived in ' || {seconds('rx_last_ns - rx_first_ns')}",
                 "'; it ended with ' || CASE WHEN rx_last.stopped THEN 'stop' || "
                 "coalesce(' (' || rx_last.stop_reason || ')', '') || ' and ' ELSE '' END",

@@ -78,7 +78,6 @@ CALLS_SCHEMA = pa.schema(
         ("webhook_count", pa.int64()),
         ("duplicate_webhooks", pa.int64()),
         ("receiver_clock_skew_ms", pa.int64()),
-        ("service_names", _STRINGS),
         ("span_count", pa.int64()),
         ("evaluated_at", _TS),
     ]

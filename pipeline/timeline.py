@@ -434,7 +434,9 @@ class Timeline:
             watermark = _scalar(con, "SELECT coalesce(max(last_ingested_ns), 0) FROM facts")
             self._set_meta(con, seq=seq, watermark=int(watermark or 0))
             # Root spans of the calls this build made final (before the state commits: a crash
-            # in between re-emits them, and readers see each span once).
+            # in between re-emits them, and readers see each span once). Every call was just
+            # evaluated: no backlog to look for.
+            self._root_backlog = False
             self._emit_root_spans(con, summary, "calls_out")
             summary.calls_total = self._count(con, "verdicts")
             summary.unattributed_total = self._count(con, "unattributed_keys")

@@ -70,9 +70,7 @@ WITH base AS (
            wh_answered_n > 0 OR completed.status = 'completed' OR au_requests > 0 OR rx_connections > 0
                AS answered,
            coalesce(au_first_ok.problems = ['no_actions'], false) AS only_no_actions,
-           coalesce(au_first_ok.valid, false)
-               AND list_contains(string_split(coalesce(au_first_ok.types, ''), ','), 'start_stream')
-               AS start_stream,
+           coalesce(au_first_ok.valid AND au_first_ok.start_stream, false) AS start_stream,
            rx_last_ns - least(completed.t + CASE WHEN completed.t % {NS_PER_S} = 0
                                                  THEN {NS_PER_S - 1} ELSE 0 END,
                               completed.received_ns) AS skew_low,
@@ -165,8 +163,6 @@ CALLS_COLUMNS_SQL = f"""
         + greatest(wh_completed_n - 1, 0) + wh_other_n - len(coalesce(wh_other_events, []))
         AS duplicate_webhooks,
     CAST(round(skew_ns / {NS_PER_MS}) AS BIGINT) AS receiver_clock_skew_ms,
-    list_filter([coalesce(au_first_ok.service, au_last_failed.service), rx_last.service,
-                 coalesce(completed.service, wh_latest.service)], lambda s: s IS NOT NULL) AS service_names,
     span_count
 """
 
