@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/dashboard.py [--calls 1000000] [--repeat 7] [--keep DIR]
 
-Generates `calls` and `call_events` Parquet directly, in the build's stored layout (`pipeline.tables`:
-one base file each, read through the same views), vectorised with NumPy: a realistic verdict mix over
-24 hours, 8 events per call. Written into a data directory, then
+Generates `calls` Parquet directly, in the build's stored layout (`pipeline.tables`: one base file,
+read through the same views), vectorised with NumPy: a realistic verdict mix over 24 hours; the
+`call_events` view derives each call's points from its spans. Written into a data directory, then
 times with medians over `--repeat` runs:
 
 - the overview: what the Overview page reads for one refresh (KPIs for the window and the one
@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from collectors.identity import call_trace_id_hex  # noqa: E402
 from pipeline import dashboard_queries as q  # noqa: E402
 from pipeline.storage import DataDir  # noqa: E402
-from pipeline.tables import CALL_EVENTS_STORED_SCHEMA, CALLS_SCHEMA, VERSION_COLUMN  # noqa: E402
+from pipeline.tables import CALLS_SCHEMA, VERSION_COLUMN  # noqa: E402
 
 #: Verdict mix: (verdict, failure_stage, share).
 MIX: tuple[tuple[str, str, float], ...] = (
@@ -66,21 +66,10 @@ MIX: tuple[tuple[str, str, float], ...] = (
     ("webhook_missing", "lifecycle", 0.005),
     ("call_failed", "lifecycle", 0.01),
 )
-EVENTS_PER_CALL = 8
-_EVENT_NAMES = (
-    ("answer_url", "answer_url"),
-    ("webhook", "call.initiated"),
-    ("webhook", "call.answered"),
-    ("receiver", "connected"),
-    ("receiver", "first_media"),
-    ("receiver", "stop"),
-    ("receiver", "disconnected"),
-    ("webhook", "call.completed"),
-)
 
 
-def synthetic_calls(n: int, start: datetime, seed: int = 7) -> tuple[pa.Table, pa.Table]:
-    """`calls` and `call_events` tables for `n` calls `call_00000000`... first seen evenly over the
+def synthetic_calls(n: int, start: datetime, seed: int = 7) -> pa.Table:
+    """The `calls` table for `n` calls `call_00000000`... first seen evenly over the
     24 hours after `start` (as bench/pipeline.py spaces the spans of the same call ids)."""
     rng = np.random.default_rng(seed)
     shares = np.array([m[2] for m in MIX])
@@ -147,24 +136,7 @@ def synthetic_calls(n: int, start: datetime, seed: int = 7) -> tuple[pa.Table, p
     calls = _conform(calls, CALLS_SCHEMA, {"last_seen_at": calls["completed_at"]})
     calls = calls.append_column(VERSION_COLUMN, pa.array(np.ones(n, dtype=np.int64)))
 
-    offsets_us = np.array([0, 50_000, 100_000, 300_000, 400_000, -500_000, -100_000, 0])
-    from_end = np.array([False, False, False, False, False, True, True, True])
-    base = np.repeat(first_us, EVENTS_PER_CALL).reshape(n, EVENTS_PER_CALL)
-    ends = np.repeat(first_us + duration_us, EVENTS_PER_CALL).reshape(n, EVENTS_PER_CALL)
-    event_ts = np.where(from_end, ends, base) + offsets_us
-    sources = np.tile(np.array([s for s, _ in _EVENT_NAMES], dtype=object), n)
-    names = np.tile(np.array([e for _, e in _EVENT_NAMES], dtype=object), n)
-    events = pa.table(
-        {
-            "call_id": pa.array(np.repeat(call_ids, EVENTS_PER_CALL), pa.string()),
-            "recorded_at": pa.array(event_ts.ravel(), pa.timestamp("us")),
-            "source": pa.array(sources, pa.string()),
-            "event": pa.array(names, pa.string()),
-            "detail": pa.array(np.full(n * EVENTS_PER_CALL, "", dtype=object), pa.string()),
-            "ord": pa.array(np.tile(np.arange(EVENTS_PER_CALL, dtype=np.int16), n)),
-        }
-    )
-    return calls, _conform(events, CALL_EVENTS_STORED_SCHEMA)
+    return calls
 
 
 def _conform(table: pa.Table, schema: pa.Schema, extra: dict[str, pa.ChunkedArray] | None = None) -> pa.Table:
@@ -208,24 +180,19 @@ def detail_queries(con: duckdb.DuckDBPyConnection, call_id: str) -> None:
 
 
 def use_window_views() -> None:
-    """Replace the timeline's `calls`/`call_events` views, for this process, by the same views with
-    each call's latest row picked by `row_number()` over the call's rows (see `--views`)."""
+    """Replace the timeline's `calls` view, for this process, by the same view with each call's
+    latest row picked by `row_number()` over the call's rows (see `--views`; `call_events` reads
+    the `calls` view by name)."""
     from pipeline import storage
-    from pipeline.tables import CALL_EVENTS, CALLS, call_events_view_sql
+    from pipeline.tables import CALLS
 
     calls_files = "read_parquet({glob}, union_by_name=true)"
     latest = (
         f"SELECT * EXCLUDE ({VERSION_COLUMN}, _rn) FROM (SELECT *, row_number() OVER "
         f"(PARTITION BY call_id ORDER BY {VERSION_COLUMN} DESC) AS _rn FROM {calls_files}) WHERE _rn = 1"
     )
-    from_events = (
-        "read_parquet(regexp_replace({glob}, '/call_events/[*][*]/[*][.]parquet$', '/calls/**/*.parquet'), "
-        "union_by_name=true)"
-    )
-    events = call_events_view_sql(calls_files, "(" + latest.replace(calls_files, from_events) + ")")
     escape = str.maketrans({"{": "{{", "}": "}}"})
     storage.TABLE_VIEWS[CALLS] = latest.translate(escape).replace("{{glob}}", "{glob}")
-    storage.TABLE_VIEWS[CALL_EVENTS] = events.translate(escape).replace("{{glob}}", "{glob}")
 
 
 def write_spans(data: DataDir, n_calls: int) -> int:
@@ -282,13 +249,12 @@ def main() -> None:
         if stored_calls.exists() and pq.read_metadata(stored_calls).num_rows == args.calls:
             print(f"reusing the {args.calls:,} calls in {data.path}")
         else:
-            calls, events = synthetic_calls(args.calls, start)
-            # The build's layout: one consolidated base file per table (pipeline.tables).
-            data.write_table_file("calls", calls, filename="base-000001.parquet", refresh=False)
-            data.write_table_file("call_events", events, filename="base-000001.parquet")
+            calls = synthetic_calls(args.calls, start)
+            # The build's layout: one consolidated base file (pipeline.tables).
+            data.write_table_file("calls", calls, filename="base-000001.parquet")
             spans = 0 if args.no_spans else write_spans(data, args.calls)
             print(
-                f"generated {calls.num_rows:,} calls, {events.num_rows:,} call_events and {spans:,} spans "
+                f"generated {calls.num_rows:,} calls and {spans:,} spans (call_events: a view over them) "
                 f"in {time.perf_counter() - started:.1f} s"
             )
         last_day = q.last(timedelta(hours=24), end)

@@ -695,9 +695,14 @@ def call_row(con: duckdb.DuckDBPyConnection, call_id: str) -> dict[str, Any] | N
     return dict(zip(names, rows[0], strict=True))
 
 
-def call_events(con: duckdb.DuckDBPyConnection, call_id: str) -> pl.DataFrame:
-    """The call's `call_events` rows in timeline order."""
+def call_events(
+    con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
+    """The call's `call_events` rows in timeline order. With the call's `calls` row (`call_row`),
+    only the spans around the call are read (`pipeline.queries.call_events_query`)."""
     import polars as pl
+
+    from pipeline.queries import call_events_query
 
     if "call_events" not in views(con):
         return pl.DataFrame(
@@ -709,8 +714,10 @@ def call_events(con: duckdb.DuckDBPyConnection, call_id: str) -> pl.DataFrame:
                 "detail": pl.String,
             }
         )
-    order = "ts, ord, span_id" if {"ord", "span_id"} <= set(columns(con, "call_events")) else "ts"
-    return _frame(con, f"SELECT * FROM call_events WHERE call_id = ? ORDER BY {order}", [call_id])
+    if "spans_raw" in views(con) and {"ord", "span_id"} <= set(columns(con, "call_events")):
+        sql, params = call_events_query(con, call_id, call)
+        return con.sql(sql, params=params).pl()
+    return _frame(con, "SELECT * FROM call_events WHERE call_id = ? ORDER BY ts", [call_id])
 
 
 #: How far from the call's first and last activity its spans are looked for first. Segments are

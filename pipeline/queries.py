@@ -8,10 +8,12 @@ sandboxed one) and returns plain Python values.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pipeline import tables
 from pipeline.rules import FAILURE_VERDICTS, IN_PROGRESS
 
 if TYPE_CHECKING:
@@ -51,14 +53,57 @@ def call_row(con: duckdb.DuckDBPyConnection, call_id: str) -> dict[str, Any] | N
     return rows[0] if rows else None
 
 
-def call_timeline(con: duckdb.DuckDBPyConnection, call_id: str) -> list[dict[str, Any]]:
-    """The call's timeline points in order (`ts` on the webhook clock; pipeline points last at ties)."""
-    return _records(
-        con,
-        "SELECT ts, source, event, detail, recorded_at, span_id FROM call_events WHERE call_id = ? "
-        "ORDER BY ts, ord, span_id",
-        [call_id],
-    )
+#: How far from the call's first and last activity its spans are looked for first (a receiver
+#: clock off by more is caught by the span count check, which then reads them all).
+SPAN_WINDOW = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_ns(moment: datetime) -> int:
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def call_events_query(
+    con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None, columns: str = "*"
+) -> tuple[str, dict[str, Any]]:
+    """The query (SQL and named parameters) for one call's `call_events` rows in timeline order.
+
+    Given the call's `calls` row, it reads only spans that start within SPAN_WINDOW of the call's
+    first and last activity (their date partitions and row groups), unless that finds fewer spans
+    than the build counted (a receiver clock off by hours): then all of them, as the view would."""
+    order = " ORDER BY ts, ord, span_id"
+    first, last = (call or {}).get("first_seen_at"), (call or {}).get("last_seen_at")
+    if isinstance(first, datetime) and isinstance(last, datetime):
+        low, high = first - SPAN_WINDOW, last + SPAN_WINDOW
+        params = {
+            "call_id": call_id,
+            "low_ns": _epoch_ns(low),
+            "high_ns": _epoch_ns(high),
+            "low_day": low.date(),
+            "high_day": high.date(),
+        }
+        sql = tables.one_call_events_sql(windowed=True)
+        expected = (call or {}).get("span_count")
+        found = con.execute(
+            f"SELECT count(DISTINCT span_id) FROM ({sql}) WHERE span_id IS NOT NULL", params
+        ).fetchall()[0][0]
+        if not isinstance(expected, int) or found >= expected:
+            return f"SELECT {columns} FROM ({sql}){order}", params
+    everything = tables.one_call_events_sql(windowed=False)
+    return f"SELECT {columns} FROM ({everything}){order}", {"call_id": call_id}
+
+
+def call_timeline(
+    con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The call's timeline points in order (`ts` on the webhook clock; pipeline points last at ties).
+    Pass the call's `calls` row to read only the spans around it (`call_events_query`)."""
+    sql, params = call_events_query(con, call_id, call, "ts, source, event, detail, recorded_at, span_id")
+    cursor = con.execute(sql, params)
+    names = [d[0] for d in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def call_span_count(con: duckdb.DuckDBPyConnection, call_id: str) -> int:

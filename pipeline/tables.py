@@ -173,6 +173,20 @@ TIMELINE_EMPTY_SCHEMAS: dict[str, pa.Schema] = {
 """Typed empty views before the first build, so queries on a fresh data dir work."""
 
 
+def one_call_events_sql(*, windowed: bool) -> str:
+    """SQL: the `call_events` rows of one call (named parameter `$call_id`), reading only its
+    spans. With `windowed`, only spans that start between `$low_ns` and `$high_ns`, in the date
+    partitions `$low_day` to `$high_day`: the Parquet scan then skips every other partition and
+    row group (segments are in arrival order), instead of reading every call id stored."""
+    from pipeline.events import call_points_sql
+
+    where = "call_id = $call_id"
+    if windowed:
+        where += " AND start_ns BETWEEN $low_ns AND $high_ns AND date BETWEEN $low_day AND $high_day"
+    points = f"({call_points_sql('spans_raw', where=where)})"
+    return call_events_view_sql(points, "(SELECT * FROM calls WHERE call_id = $call_id)")
+
+
 def derived_views() -> dict[str, str]:
     """Views over other views (by name), for `pipeline.storage` to create after the table views:
     `call_events`, over `spans_raw` and `calls` (both always defined, typed and empty at first)."""

@@ -134,7 +134,7 @@ def triage(
             hint = f" Did you mean: {', '.join(matches)}?" if matches else " Check the call id and --data."
             typer.echo(f"no call {call_id!r} in {settings.data_dir}.{hint}")
             raise typer.Exit(1)
-        points = queries.call_timeline(con, call_id)
+        points = queries.call_timeline(con, call_id, call)
         unattributed = queries.unattributed_count(con)
 
     first = points[0]["ts"] if points else None

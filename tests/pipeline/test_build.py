@@ -290,3 +290,42 @@ def test_late_span_within_settle_time_keeps_the_call_not_final(data: DataDir, sp
         assert calls(data)["call_a"]["is_final"] is False
         assert timeline.step(T0 + 46 * S).calls_evaluated == 1
     assert calls(data)["call_a"]["is_final"] is True
+
+
+def test_call_events_is_a_view_over_the_spans_and_a_call_lookup_reads_only_its_spans(
+    data: DataDir, spans: SpanFactory
+) -> None:
+    from pipeline import queries
+
+    spans.ok_call("call_a")
+    # A receiver clock two hours ahead: its span lies outside the window around the call.
+    spans.ok_call("call_far", T0 + 600 * S, skew_ns=2 * 3600 * S)
+    data.write_segment(spans.rows())
+    # Points show up as soon as the spans are stored; the verdict point once the call is built.
+    before = view(data, "SELECT source, event FROM call_events WHERE call_id = 'call_a'")
+    assert ("webhook", "call.completed") in {(p["source"], p["event"]) for p in before}
+    assert all(p["source"] != "pipeline" for p in before)
+    with Timeline(data) as timeline:
+        timeline.build(LATER)
+    assert not (data.path / "call_events").exists()
+    with data.connect_readonly() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        for call_id in ("call_a", "call_far"):
+            full = con.execute(
+                "SELECT ts, source, event, detail, recorded_at, span_id FROM call_events "
+                "WHERE call_id = ? ORDER BY ts, ord, span_id",
+                [call_id],
+            ).fetchall()
+            call = queries.call_row(con, call_id)
+            windowed = queries.call_timeline(con, call_id, call)
+            assert [tuple(p.values()) for p in windowed] == full
+            assert full[-1][1:3] == ("pipeline", "verdict")
+        # Only the close call's spans are read through the window; the far one needs them all.
+        assert "low_ns" in queries.call_events_query(con, "call_a", queries.call_row(con, "call_a"))[1]
+        assert (
+            "low_ns" not in queries.call_events_query(con, "call_far", queries.call_row(con, "call_far"))[1]
+        )
+        far = queries.call_timeline(con, "call_far", queries.call_row(con, "call_far"))
+        # The far receiver's points are there (found by the fallback), moved onto the webhook clock.
+        assert ("receiver", "connection_closed") in {(p["source"], p["event"]) for p in far}
+        assert ("pipeline", "clock_skew") in {(p["source"], p["event"]) for p in far}
