@@ -462,6 +462,20 @@ def merge_facts_sql(facts_rows: str, config: FactsConfig) -> str:
     return f"SELECT call_id,\n       {columns}\nFROM {facts_rows}\nGROUP BY call_id"
 
 
+#: The span columns facts read (besides the `minivoice` fields of `minivoice_fields_read`).
+SPAN_COLUMNS_READ = (
+    "call_id", "source", "trace_id", "span_id", "start_ns", "end_ns", "ingested_at_ns", "events",
+)  # fmt: skip
+
+
+def minivoice_fields_read(config: FactsConfig | None = None) -> list[str]:
+    """The `minivoice` fields facts read, in MINIVOICE_FIELDS order (what a fair floor scans)."""
+    import re
+
+    used = set(re.findall(r"\bmv\.(\w+)", call_facts_sql("span_rows", config or FactsConfig())))
+    return [name for name, _, _ in MINIVOICE_FIELDS if name in used]
+
+
 def fact_names(config: FactsConfig | None = None) -> list[str]:
     """Names of the facts columns (after `call_id`)."""
     return [f.name for f in facts(config or FactsConfig())]
