@@ -133,7 +133,8 @@ def cat(*parts: str) -> str:
 
 def seconds(ns: str) -> str:
     """SQL: a nanosecond duration as "14.2 s"."""
-    return f"printf('%.1f s', ({ns}) / 1e9)"
+    # A DECIMAL cast rather than printf: a million reasons are formatted per build.
+    return f"CAST(CAST(({ns}) / 1e9 AS DECIMAL(18, 1)) AS VARCHAR) || ' s'"
 
 
 def clock(ns: str) -> str:
@@ -387,7 +388,7 @@ def rules(config: RulesConfig) -> list[Rule]:
             "none",
             "true",
             cat(
-                "CASE WHEN rx_connections > 0 THEN printf('%d media frames over ', media_frames) || "
+                "CASE WHEN rx_connections > 0 THEN CAST(media_frames AS VARCHAR) || ' media frames over ' || "
                 f"{seconds('rx_last_ns - rx_first_ns')} || '; the stream ended with ' || "
                 "CASE WHEN rx_last.stopped THEN 'stop' || coalesce(' (' || rx_last.stop_reason || ')', '') "
                 "|| ' and ' ELSE '' END || "

@@ -195,11 +195,6 @@ def _split_by_minivoice_column(paths: list[str]) -> tuple[list[str], list[str]]:
     return typed, untyped
 
 
-def _rows_without_column(untyped: list[str]) -> bool:
-    """Whether segments without the promoted column hold spans to build from (not only our roots)."""
-    return any(not Path(p).name.startswith(ROOT_SEGMENT_PREFIX) for p in untyped)
-
-
 def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
@@ -475,14 +470,16 @@ class Timeline:
     ) -> None:
         source = f"read_parquet({_sql_list(paths)}, union_by_name=true)"
         typed, untyped = _split_by_minivoice_column(paths)
-        rows_sql = facts_mod.span_rows_from_files_sql(typed, untyped)
-        if _rows_without_column(untyped):
-            # Rows without the promoted column parse JSON: do it once, for every step below.
-            con.execute(f"CREATE TEMP TABLE span_rows AS {rows_sql}")
-            rows = "span_rows"
-        else:
-            # Straight from the Parquet files: each source's facts read only that source's fields.
-            rows = f"({rows_sql})"
+        # Segments with the promoted column are read straight from the Parquet files (each
+        # source's facts read only that source's fields); rows of the others parse their JSON
+        # once, into a temporary table that every step below reads.
+        parts = []
+        if typed:
+            parts.append(facts_mod.span_rows_from_files_sql(typed, []))
+        if untyped:
+            con.execute(f"CREATE TEMP TABLE json_rows AS {facts_mod.span_rows_from_files_sql([], untyped)}")
+            parts.append("SELECT * FROM json_rows")
+        rows = "(" + "\nUNION ALL BY NAME\n".join(parts) + ")"
         # One source at a time, each into a temporary table, then joined: a single query holds
         # every source's hash table at once and spills under the memory limit (25% more CPU).
         groups = {}

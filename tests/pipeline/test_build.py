@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -329,3 +330,29 @@ def test_call_events_is_a_view_over_the_spans_and_a_call_lookup_reads_only_its_s
         # The far receiver's points are there (found by the fallback), moved onto the webhook clock.
         assert ("receiver", "connection_closed") in {(p["source"], p["event"]) for p in far}
         assert ("pipeline", "clock_skew") in {(p["source"], p["event"]) for p in far}
+
+
+def test_segments_with_and_without_the_promoted_column_build_together(
+    data: DataDir, spans: SpanFactory
+) -> None:
+    from pipeline.verdicts import evaluate
+
+    spans.ok_call("call_a")
+    spans.lifecycle("call_b", T0, T0 + 20 * S)
+    spans.answer_url("call_b", T0 + 2 * S)
+    spans.receiver("call_b", T0 + 3 * S, T0 + 9 * S, stop_reason=None, close_code=1011, closed_by="receiver")
+    rows = spans.rows()
+    assert MINIVOICE_COLUMN in rows.schema.names  # ingest's decoder fills it
+    # Half of every call's spans in an older segment without the column (JSON only).
+    older = rows.filter(pa.array([i % 2 == 0 for i in range(rows.num_rows)]))
+    newer = rows.filter(pa.array([i % 2 == 1 for i in range(rows.num_rows)]))
+    data.write_segment(older.drop_columns([MINIVOICE_COLUMN]))
+    data.write_segment(newer)
+    with Timeline(data) as timeline:
+        timeline.build(LATER, full=True)
+    expected = {r["call_id"]: r for r in evaluate(rows, LATER).calls.to_pylist()}
+    built = calls(data)
+    assert {c: r["verdict"] for c, r in built.items()} == {"call_a": "ok", "call_b": "stream_dropped"}
+    for call_id, row in built.items():
+        for column in ("reason", "span_count", "media_frames", "close_code", "customer_id", "completed_at"):
+            assert row[column] == expected[call_id][column], (call_id, column)
