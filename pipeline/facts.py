@@ -12,8 +12,9 @@ Two steps:
 2. `call_facts_sql` reduces each source's span rows to one row per call (`GROUPS`: answer_url,
    receiver, webhook, any other source), then joins the sources on the call id. Every fact is a
    mergeable aggregate (count, sum, min, max, bool_or; "first/last by time" as min/max of a
-   struct whose first fields are the time and the span key), so facts of two batches merge into
-   the facts of their union (`merge_facts_sql`) and never depend on the order spans arrived in.
+   struct whose first field is the time: structs compare field by field, so two spans that tie on
+   time still order the same way every time), so facts of two batches merge into the facts of
+   their union (`merge_facts_sql`) and never depend on the order spans arrived in.
 
 What a million calls cost is mostly aggregate state and per-row work, so facts are kept narrow:
 counts and times are plain numbers; the few "first/last" picks carry only what a verdict, a reason
@@ -279,7 +280,7 @@ def facts(config: FactsConfig) -> list[Fact]:
             "au_first_ok",
             au,
             "min",
-            "{'t': start_ns, 'k': span_key, 'end_ns': end_ns, 'status': mv.http_status_code, "
+            "{'t': start_ns, 'end_ns': end_ns, 'status': mv.http_status_code, "
             f"'latency_ms': {c['LATENCY']}, 'valid': mv.action_valid, "
             # Compact, as every byte here is stored per call: whether the actions include
             # start_stream, and their names only when they do not (what no_stream's reason says).
@@ -297,7 +298,7 @@ def facts(config: FactsConfig) -> list[Fact]:
             "au_last_failed",
             au,
             "max",
-            "{'t': start_ns, 'k': span_key, 'status': mv.http_status_code, "
+            "{'t': start_ns, 'status': mv.http_status_code, "
             f"'latency_ms': {c['LATENCY']}, 'is_json': {c['IS_JSON']}, "
             f"'body': left(mv.response_body, {BODY_CHARS}), 'error_type': mv.error_type, "
             f"'path': mv.url_path, 'who': {WHO_SQL}}}",
@@ -335,15 +336,14 @@ def facts(config: FactsConfig) -> list[Fact]:
             "rx_first_drop",
             rx,
             "min",
-            "{'t': end_ns, 'k': span_key, 'code': mv.close_code, 'closed_by': mv.closed_by, "
-            "'reason': mv.close_reason}",
+            "{'t': end_ns, 'code': mv.close_code, 'closed_by': mv.closed_by, 'reason': mv.close_reason}",
             c["DROPPED"],
         ),
         agg(
             "rx_last",
             rx,
             "max",
-            "{'t': end_ns, 'k': span_key, 'code': mv.close_code, 'closed_by': mv.closed_by, "
+            "{'t': end_ns, 'code': mv.close_code, 'closed_by': mv.closed_by, "
             "'reason': mv.close_reason, 'stop_reason': mv.stop_reason, 'stopped': stopped}",
         ),
         # 4. webhooks: the lifecycle, with completion as the source of truth
@@ -368,8 +368,7 @@ def facts(config: FactsConfig) -> list[Fact]:
             "completed",
             wh,
             "min",
-            "{'t': created_ns, 'k': span_key, 'status': mv.call_status, 'received_ns': start_ns, "
-            f"'who': {WHO_SQL}}}",
+            f"{{'t': created_ns, 'status': mv.call_status, 'received_ns': start_ns, 'who': {WHO_SQL}}}",
             completed,
         ),
         # The latest lifecycle status before completion: what a call without call.completed got to.
@@ -377,7 +376,7 @@ def facts(config: FactsConfig) -> list[Fact]:
             "wh_latest",
             wh,
             "max",
-            "{'t': created_ns, 'k': span_key, 'status': mv.call_status, 'event': mv.event}",
+            "{'t': created_ns, 'status': mv.call_status, 'event': mv.event}",
             "delivered AND mv.call_status IS NOT NULL AND mv.event <> 'call.completed'",
         ),
     ]

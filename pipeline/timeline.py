@@ -51,7 +51,7 @@ from pipeline import tables
 from pipeline.rules import FAILURE_VERDICTS, RulesConfig
 from pipeline.schema import MINIVOICE_COLUMN
 from pipeline.settings import Settings
-from pipeline.storage import COMPRESSION, DataDir, fsync_dir
+from pipeline.storage import COMPRESSION, COMPRESSION_LEVEL, DataDir, fsync_dir
 from pipeline.verdicts import INTERNAL_COLUMNS, UNATTRIBUTED_SQL, calls_sql
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def copy_atomic(con: duckdb.DuckDBPyConnection, query: str, path: Path, *, fsync
     try:
         con.execute(
             f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION {COMPRESSION}, "
-            f"ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+            f"COMPRESSION_LEVEL {COMPRESSION_LEVEL}, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
         )
         if fsync:
             fd = os.open(tmp, os.O_RDONLY)
@@ -846,9 +846,9 @@ class Timeline:
             self._root_backlog = False
         if not parts:
             return
-        con.execute("CREATE OR REPLACE TEMP TABLE root_candidates AS " + " UNION ALL ".join(parts))
+        candidates = "(" + " UNION ALL ".join(parts) + ")"
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE root_pending AS SELECT c.* FROM root_candidates c "
+            f"CREATE OR REPLACE TEMP TABLE root_pending AS SELECT c.* FROM {candidates} c "
             "LEFT JOIN root_stored r USING (call_id) WHERE r.verdict IS DISTINCT FROM c.verdict"
         )
         pending = self._count(con, "root_pending")
@@ -862,7 +862,7 @@ class Timeline:
             return
         rows = (
             con.sql(
-                "SELECT c.* FROM root_candidates c LEFT JOIN root_exported r USING (call_id) "
+                f"SELECT c.* FROM {candidates} c LEFT JOIN root_exported r USING (call_id) "
                 "WHERE r.verdict IS DISTINCT FROM c.verdict"
             )
             .to_arrow_table()
