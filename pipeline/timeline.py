@@ -73,7 +73,7 @@ DELTA_ROWS_MIN = 200_000
 DELTA_FILES_MAX = 64
 ROW_GROUP_SIZE = 131_072
 #: DuckDB's memory for a build; beyond it, it spills to DIR/_timeline/tmp (default 80% of RAM).
-DEFAULT_MEMORY_LIMIT = "1500MB"
+DEFAULT_MEMORY_LIMIT = "1700MB"
 #: File name prefix of the pipeline's own root span segments (`pipeline.rootspan`): nothing in
 #: them is built from, so a full build does not read them.
 ROOT_SEGMENT_PREFIX = "root-"

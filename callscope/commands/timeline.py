@@ -52,7 +52,7 @@ def build(
     ] = None,
     memory_limit: Annotated[
         str, typer.Option("--memory-limit", help="DuckDB memory for the build; beyond it, it spills to disk.")
-    ] = "1500MB",
+    ] = "1700MB",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Join the spans into one timeline per call and name the step where each call failed.
