@@ -699,10 +699,10 @@ def call_events(
     con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None
 ) -> pl.DataFrame:
     """The call's `call_events` rows in timeline order. With the call's `calls` row (`call_row`),
-    only the spans around the call are read (`pipeline.queries.call_events_query`)."""
+    only the spans around the call are read (`pipeline.queries.call_events_queries`)."""
     import polars as pl
 
-    from pipeline.queries import call_events_query
+    from pipeline.queries import call_events_queries
 
     if "call_events" not in views(con):
         return pl.DataFrame(
@@ -715,8 +715,11 @@ def call_events(
             }
         )
     if "spans_raw" in views(con) and {"ord", "span_id"} <= set(columns(con, "call_events")):
-        sql, params = call_events_query(con, call_id, call)
-        return con.sql(sql, params=params).pl()
+        for query in call_events_queries(call_id, call):
+            frame = con.sql(query.sql, params=query.params).pl()
+            if query.complete(frame["span_id"].to_list()):
+                break
+        return frame
     return _frame(con, "SELECT * FROM call_events WHERE call_id = ? ORDER BY ts", [call_id])
 
 

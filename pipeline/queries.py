@@ -8,7 +8,7 @@ sandboxed one) and returns plain Python values.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -65,17 +65,38 @@ def _epoch_ns(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
-def call_events_query(
-    con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None, columns: str = "*"
-) -> tuple[str, dict[str, Any]]:
-    """The query (SQL and named parameters) for one call's `call_events` rows in timeline order.
+@dataclass(frozen=True, slots=True)
+class EventsQuery:
+    """One way to read a call's `call_events` rows: SQL with named parameters, and how many
+    distinct spans its rows must come from to be complete (None: always complete)."""
 
-    Given the call's `calls` row, it reads only spans that start within SPAN_WINDOW of the call's
-    first and last activity (their date partitions and row groups), unless that finds fewer spans
-    than the build counted (a receiver clock off by hours): then all of them, as the view would."""
+    sql: str
+    params: dict[str, Any]
+    spans_expected: int | None = None
+
+    def complete(self, span_ids: Iterable[str | None]) -> bool:
+        """Whether rows with these span ids hold every span the build counted for the call."""
+        if self.spans_expected is None:
+            return True
+        return len({s for s in span_ids if s is not None}) >= self.spans_expected
+
+
+def call_events_queries(
+    call_id: str, call: Mapping[str, Any] | None = None, columns: str = "*"
+) -> list[EventsQuery]:
+    """The queries for one call's `call_events` rows in timeline order, to try in turn until one
+    is complete (`EventsQuery.complete`).
+
+    Given the call's `calls` row, the first reads only spans that start within SPAN_WINDOW of the
+    call's first and last activity (their date partitions and row groups); it is incomplete when
+    it finds fewer spans than the build counted (a receiver clock off by hours). The last reads
+    all of the call's spans, as the `call_events` view does."""
     order = " ORDER BY ts, ord, span_id"
+    everything = tables.one_call_events_sql(windowed=False)
+    queries = [EventsQuery(f"SELECT {columns} FROM ({everything}){order}", {"call_id": call_id})]
     first, last = (call or {}).get("first_seen_at"), (call or {}).get("last_seen_at")
-    if isinstance(first, datetime) and isinstance(last, datetime):
+    expected = (call or {}).get("span_count")
+    if isinstance(first, datetime) and isinstance(last, datetime) and isinstance(expected, int):
         low, high = first - SPAN_WINDOW, last + SPAN_WINDOW
         params = {
             "call_id": call_id,
@@ -84,26 +105,24 @@ def call_events_query(
             "low_day": low.date(),
             "high_day": high.date(),
         }
-        sql = tables.one_call_events_sql(windowed=True)
-        expected = (call or {}).get("span_count")
-        found = con.execute(
-            f"SELECT count(DISTINCT span_id) FROM ({sql}) WHERE span_id IS NOT NULL", params
-        ).fetchall()[0][0]
-        if not isinstance(expected, int) or found >= expected:
-            return f"SELECT {columns} FROM ({sql}){order}", params
-    everything = tables.one_call_events_sql(windowed=False)
-    return f"SELECT {columns} FROM ({everything}){order}", {"call_id": call_id}
+        windowed = tables.one_call_events_sql(windowed=True)
+        queries.insert(0, EventsQuery(f"SELECT {columns} FROM ({windowed}){order}", params, expected))
+    return queries
 
 
 def call_timeline(
     con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """The call's timeline points in order (`ts` on the webhook clock; pipeline points last at ties).
-    Pass the call's `calls` row to read only the spans around it (`call_events_query`)."""
-    sql, params = call_events_query(con, call_id, call, "ts, source, event, detail, recorded_at, span_id")
-    cursor = con.execute(sql, params)
-    names = [d[0] for d in cursor.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    Pass the call's `calls` row to read only the spans around it (`call_events_queries`)."""
+    rows: list[dict[str, Any]] = []
+    for query in call_events_queries(call_id, call, "ts, source, event, detail, recorded_at, span_id"):
+        cursor = con.execute(query.sql, query.params)
+        names = [d[0] for d in cursor.description or ()]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        if query.complete(r["span_id"] for r in rows):
+            break
+    return rows
 
 
 def call_span_count(con: duckdb.DuckDBPyConnection, call_id: str) -> int:

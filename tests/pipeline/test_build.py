@@ -322,10 +322,12 @@ def test_call_events_is_a_view_over_the_spans_and_a_call_lookup_reads_only_its_s
             assert [tuple(p.values()) for p in windowed] == full
             assert full[-1][1:3] == ("pipeline", "verdict")
         # Only the close call's spans are read through the window; the far one needs them all.
-        assert "low_ns" in queries.call_events_query(con, "call_a", queries.call_row(con, "call_a"))[1]
-        assert (
-            "low_ns" not in queries.call_events_query(con, "call_far", queries.call_row(con, "call_far"))[1]
-        )
+        for call_id, complete in (("call_a", True), ("call_far", False)):
+            call = queries.call_row(con, call_id)
+            windowed = queries.call_events_queries(call_id, call)[0]
+            assert "low_ns" in windowed.params
+            found = con.execute(f"SELECT span_id FROM ({windowed.sql})", windowed.params).fetchall()
+            assert windowed.complete(r[0] for r in found) is complete
         far = queries.call_timeline(con, "call_far", queries.call_row(con, "call_far"))
         # The far receiver's points are there (found by the fallback), moved onto the webhook clock.
         assert ("receiver", "connection_closed") in {(p["source"], p["event"]) for p in far}
