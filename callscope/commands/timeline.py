@@ -57,9 +57,11 @@ def build(
 ) -> None:
     """Join the spans into one timeline per call and name the step where each call failed.
 
-    Writes DATA/calls and DATA/call_events (Parquet, views in DATA/callscope.duckdb), counts spans
-    without a call id in DATA/unattributed_spans, and emits each final call's `minivoice.call`
-    root span to $CALLSCOPE_OTLP_ENDPOINTS. After the first run only new spans are applied.
+    Writes DATA/calls (Parquet, views in DATA/callscope.duckdb; the call_events view derives each
+    call's timeline from its spans), counts spans without a call id in DATA/unattributed_spans,
+    and emits each final call's `minivoice.call` root span to $CALLSCOPE_OTLP_ENDPOINTS. After the
+    first run only new spans are applied; with --follow a failed step (a compacted segment, a full
+    disk) is reported and tried again at the next tick.
 
     Example: callscope build --data ./callscope-data --follow --interval 2
     """
