@@ -154,6 +154,8 @@ def call_points_sql(spans: str, *, where: str = "true") -> str:
         "coalesce('; malformed delivery: ' || mv.webhook_error, ''))",
         "0",
     )
+    # Two-argument list_concat, nested: the variadic form needs DuckDB 1.3, and `duckdb` shells
+    # from 1.1 on read these views.
     receiver = (
         "list_concat(["
         + _point(
@@ -162,11 +164,11 @@ def call_points_sql(spans: str, *, where: str = "true") -> str:
             "concat('WebSocket connection accepted', coalesce(' (stream ' || mv.stream_id || ')', ''))",
             "0",
         )
-        + "], list_transform(coalesce(events, []), lambda e, i: "
+        + "], list_concat(list_transform(coalesce(events, []), lambda e, i: "
         + _point("e.time_ns", "e.name", _RECEIVER_EVENT_DETAIL, "i")
         + "), ["
         + _point("end_ns", "'connection_closed'", closed, "10000")
-        + "])"
+        + "]))"
     )
     answer_url = _point("start_ns", "'answer_url'", _answer_url_detail(), "0")
     points = (

@@ -67,6 +67,8 @@ SPANS = "spans"
 """Directory (and table) name of the span segments."""
 DB_NAME = "callscope.duckdb"
 """The views database, relative to the data directory."""
+VIEWS_STORAGE_VERSION = "v1.0.0"
+"""Its storage format: the oldest DuckDB writes, so that `duckdb` shells from 1.0 on open it."""
 WAL_DIR = "wal"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
@@ -475,10 +477,17 @@ class DataDir:
         views = self.view_definitions()
         tmp = self.path / f".{DB_NAME}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
-            with duckdb.connect(str(tmp)) as con:
+            with duckdb.connect() as con:
+                # The oldest storage format we can write, so that any `duckdb` shell a user has
+                # (1.0 or newer) opens the file: it holds only views, which need nothing newer.
+                storage = f"STORAGE_VERSION '{VIEWS_STORAGE_VERSION}'"
+                con.execute(f"ATTACH {_sql_string(str(tmp))} AS views_db ({storage})")
+                con.execute("USE views_db")
                 for name, select in views.items():
                     con.execute(f'CREATE VIEW "{name}" AS {select}')
-                con.execute("CHECKPOINT")
+                con.execute("CHECKPOINT views_db")
+                con.execute("USE memory")
+                con.execute("DETACH views_db")
             if self.fsync:
                 with open(tmp, "rb+") as handle:
                     os.fsync(handle.fileno())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -142,3 +145,34 @@ def test_check_rejects_a_bad_since_clearly(built: Path, since: str) -> None:
     result = runner.invoke(app, ["check", "--since", since, "--data", str(built)])
     assert result.exit_code == 2
     assert "--since" in result.output
+
+
+def duckdb_shell() -> Path:
+    """The `duckdb` shell of the dev extra (duckdb-cli), beside this interpreter."""
+    shell = Path(sys.executable).parent / "duckdb"
+    assert shell.exists(), "the dev extra installs the duckdb shell (duckdb-cli); run `make test`"
+    return shell
+
+
+def test_a_duckdb_shell_reads_every_view_from_another_directory(built: Path, tmp_path: Path) -> None:
+    # The shell a user has may be older than the Python package that wrote callscope.duckdb
+    # (duckdb-cli 1.5 against duckdb 2.0 here): the file is in the 1.0 storage format and the
+    # views use nothing newer, so a newer writer's file does not lock them out.
+    query = (
+        "select (select count(*) from calls), (select count(*) from call_events), "
+        "(select count(*) from spans), (select count(*) from unattributed_spans), "
+        "(select verdict from calls where call_id = 'call_dropped')"
+    )
+    relative = os.path.relpath(built / "callscope.duckdb", tmp_path)
+    result = subprocess.run(
+        [str(duckdb_shell()), "-readonly", "-csv", "-noheader", relative, "-c", query],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    calls, events, spans, unattributed, verdict = result.stdout.strip().split(",")
+    assert (int(calls), int(unattributed), verdict) == (3, 1, "stream_dropped")
+    assert int(events) > int(calls) and int(spans) >= 7
