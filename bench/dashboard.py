@@ -51,6 +51,7 @@ from collectors.identity import call_trace_id_hex  # noqa: E402
 from pipeline import dashboard_queries as q  # noqa: E402
 from pipeline.storage import DataDir  # noqa: E402
 from pipeline.tables import CALLS_SCHEMA, VERSION_COLUMN  # noqa: E402
+from pipeline.timeline import CALLS_ROW_GROUP_SIZE  # noqa: E402
 
 #: Verdict mix: (verdict, failure_stage, share).
 MIX: tuple[tuple[str, str, float], ...] = (
@@ -173,7 +174,13 @@ def overview_queries(con: duckdb.DuckDBPyConnection, flt: q.CallFilter) -> None:
 
 
 def detail_queries(con: duckdb.DuckDBPyConnection, call_id: str) -> None:
-    """Everything the Call detail page reads for one call."""
+    """Everything the Call detail page reads for one call (`call_detail`)."""
+    q.call_detail(con, call_id)
+
+
+def detail_queries_separately(con: duckdb.DuckDBPyConnection, call_id: str) -> None:
+    """The same, one view at a time: the calls row, `call_events` (its own scan of the spans),
+    the spans. The baseline for `call_detail`."""
     call = q.call_row(con, call_id)
     q.call_events(con, call_id)
     q.call_spans(con, call_id, call)
@@ -246,12 +253,18 @@ def main() -> None:
         end = start + timedelta(days=1)
         started = time.perf_counter()
         stored_calls = data.path / "calls" / "base-000001.parquet"
-        if stored_calls.exists() and pq.read_metadata(stored_calls).num_rows == args.calls:
+        if (
+            stored_calls.exists()
+            and pq.read_metadata(stored_calls).num_rows == args.calls
+            and pq.read_metadata(stored_calls).row_group(0).num_rows == min(args.calls, CALLS_ROW_GROUP_SIZE)
+        ):
             print(f"reusing the {args.calls:,} calls in {data.path}")
         else:
             calls = synthetic_calls(args.calls, start)
             # The build's layout: one consolidated base file (pipeline.tables).
-            data.write_table_file("calls", calls, filename="base-000001.parquet")
+            data.write_table_file(
+                "calls", calls, filename="base-000001.parquet", row_group_size=CALLS_ROW_GROUP_SIZE
+            )
             spans = 0 if args.no_spans else write_spans(data, args.calls)
             print(
                 f"generated {calls.num_rows:,} calls and {spans:,} spans (call_events: a view over them) "
@@ -276,6 +289,9 @@ def main() -> None:
             "overview, last 24 hours": median_ms(lambda: overview_queries(con, last_day), args.repeat),
             "overview, all time": median_ms(lambda: overview_queries(con, everything), args.repeat),
             "call detail": median_ms(lambda: detail_queries(con, probe), args.repeat),
+            "call detail, one view at a time": median_ms(
+                lambda: detail_queries_separately(con, probe), args.repeat
+            ),
             "filter options (cached 60 s)": median_ms(lambda: q.filter_options(con), args.repeat),
             "open the views (cached 15 s)": median_ms(lambda: q.open_views(data.path).close(), args.repeat),
         }

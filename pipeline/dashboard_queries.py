@@ -26,6 +26,7 @@ from pipeline.storage import SPAN_COPY_ORDER
 if TYPE_CHECKING:
     import duckdb
     import polars as pl
+    import pyarrow as pa
 
 #: The debug order of the MiniVoice docs, as funnel steps: (label, the failure_stage that stops a call
 #: from passing this step). A call counts at a step when no earlier-or-equal stage failed it.
@@ -724,38 +725,66 @@ def call_events(
 
 
 #: How far from the call's first and last activity its spans are looked for first. Segments are
-#: written in arrival order, so their row groups cover narrow time ranges that DuckDB skips.
-SPAN_SEARCH_MARGIN = timedelta(hours=1)
+#: written in arrival order, so their row groups cover narrow time ranges that DuckDB skips. A
+#: receiver clock off by more (beyond the skew the build measured) only costs the fallback read.
+SPAN_SEARCH_MARGIN = timedelta(minutes=10)
+
+
+def _events_schema() -> dict[str, Any]:
+    """The `call_events` columns and their Polars types, as `call_detail` returns them."""
+    import polars as pl
+
+    utc = pl.Datetime("us", "UTC")
+    return {
+        "call_id": pl.String,
+        "ts": utc,
+        "source": pl.String,
+        "event": pl.String,
+        "detail": pl.String,
+        "recorded_at": utc,
+        "span_id": pl.String,
+        "ord": pl.Int16,
+    }
 
 
 def call_spans(
     con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """The call's stored spans (one row per span id, latest ingested copy, as in `spans`), oldest first.
+    """The call's stored spans (one row per span id, latest ingested copy, as in `spans`), oldest
+    first. See `call_span_table`."""
+    table = call_span_table(con, call_id, call)
+    return [] if table is None else table.to_pylist()
+
+
+def call_span_table(
+    con: duckdb.DuckDBPyConnection, call_id: str, call: Mapping[str, Any] | None = None
+) -> pa.Table | None:
+    """The call's stored spans as an Arrow table (None without a `spans_raw` view), oldest first.
 
     Reads `spans_raw` filtered by the call's derived trace id and de-duplicates here: the `spans`
     view de-duplicates over every stored span before any filter. Given the call's `calls` row, it
-    first reads only spans that start within SPAN_SEARCH_MARGIN of the call's first and last
-    activity (the date partitions and row groups around it); when that finds fewer spans than the
-    build counted (a receiver clock off by hours), it reads them all.
+    first reads only spans that start within SPAN_SEARCH_MARGIN (plus the receiver's measured clock
+    skew) of the call's first and last activity: the date partitions and row groups around it.
+    When that finds fewer spans than the build counted, it reads them all.
     """
     if "spans_raw" not in views(con):
-        return []
+        return None
     trace_id = call_trace_id_hex(call_id)
     first = (call or {}).get("first_seen_at")
     last = (call or {}).get("last_seen_at") or (call or {}).get("completed_at") or first
     if isinstance(first, datetime) and isinstance(last, datetime):
-        low, high = first - SPAN_SEARCH_MARGIN, last + SPAN_SEARCH_MARGIN
+        skew = timedelta(milliseconds=abs((call or {}).get("receiver_clock_skew_ms") or 0))
+        low, high = first - SPAN_SEARCH_MARGIN - skew, last + SPAN_SEARCH_MARGIN + skew
         where = "trace_id = ? AND start_ns BETWEEN ? AND ?"
         params: list[Any] = [trace_id, _epoch_ns(low), _epoch_ns(high)]
         if "date" in columns(con, "spans_raw"):
             where += " AND date BETWEEN ? AND ?"
             params += [low.date(), high.date()]
-        spans = _spans_where(con, where, params)
+        spans = _span_table_where(con, where, params)
         expected = (call or {}).get("span_count")
-        if spans and (not isinstance(expected, int) or len(spans) >= expected):
+        if spans.num_rows and (not isinstance(expected, int) or spans.num_rows >= expected):
             return spans
-    return _spans_where(con, "trace_id = ?", [trace_id])
+    return _span_table_where(con, "trace_id = ?", [trace_id])
 
 
 def _epoch_ns(moment: datetime) -> int:
@@ -764,15 +793,69 @@ def _epoch_ns(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
-def _spans_where(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[dict[str, Any]]:
-    cursor = con.execute(
+def _span_table_where(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> pa.Table:
+    relation = con.sql(
         "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER (PARTITION BY span_id "
         f"ORDER BY {SPAN_COPY_ORDER}) AS rn FROM spans_raw WHERE {where}) "
         "WHERE rn = 1 ORDER BY start_ns, span_id",
-        params,
+        params=params,
     )
-    names = [d[0] for d in cursor.description or []]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    assert relation is not None  # a SELECT always gives a relation
+    return relation.to_arrow_table()
+
+
+@dataclass(frozen=True, slots=True)
+class CallDetail:
+    """What the Call detail page shows of one call."""
+
+    call: dict[str, Any] | None
+    """The `calls` row, or None when the call is not built yet."""
+    events: pl.DataFrame
+    """The `call_events` rows in timeline order."""
+    spans: list[dict[str, Any]]
+    """The stored spans, oldest first (`call_spans`)."""
+
+
+def call_detail(con: duckdb.DuckDBPyConnection, call_id: str) -> CallDetail:
+    """One call's `calls` row, spans and `call_events` rows, reading its spans once.
+
+    The `call_events` view derives its rows from the spans; here the same SQL
+    (`pipeline.tables.call_events_view_sql` over `pipeline.events.call_points_sql`) runs over the
+    spans and the calls row already read, registered on the connection for the query, instead of
+    scanning `spans_raw` a second time (at 1M calls: 62 ms in all instead of 134).
+    """
+    import uuid
+
+    import polars as pl
+
+    from pipeline.events import call_points_sql
+    from pipeline.tables import call_events_view_sql
+
+    call_table = _call_row_table(con, call_id)
+    call = call_table.to_pylist()[0] if call_table is not None and call_table.num_rows else None
+    spans = call_span_table(con, call_id, call)
+    if spans is None or call_table is None:
+        return CallDetail(call, call_events(con, call_id, call), [] if spans is None else spans.to_pylist())
+    names = (f"_detail_spans_{uuid.uuid4().hex}", f"_detail_call_{uuid.uuid4().hex}")
+    con.register(names[0], spans)
+    con.register(names[1], call_table)
+    try:
+        sql = call_events_view_sql(f"({call_points_sql(names[0])})", names[1])
+        # execute + fetchall: `con.sql(...)` binds this large statement twice (~12 ms more).
+        rows = con.execute(f"SELECT * FROM ({sql}) ORDER BY ts, ord, span_id").fetchall()
+    finally:
+        for name in names:
+            con.unregister(name)
+    events = pl.DataFrame(rows, schema=_events_schema(), orient="row")
+    return CallDetail(call, events, spans.to_pylist())
+
+
+def _call_row_table(con: duckdb.DuckDBPyConnection, call_id: str) -> pa.Table | None:
+    if "calls" not in views(con):
+        return None
+    relation = con.sql("SELECT * FROM calls WHERE call_id = ? LIMIT 1", params=[call_id])
+    assert relation is not None
+    return relation.to_arrow_table()
 
 
 #: The SQL page's examples: title -> a read-only query over the views.

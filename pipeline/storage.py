@@ -164,6 +164,7 @@ def write_parquet_atomic(
     fsync: bool = True,
     use_dictionary: bool | Sequence[str] = True,
     write_statistics: bool | Sequence[str] = True,
+    row_group_size: int = 128 * 1024,
 ) -> Path:
     """Write `table` to `path` via a hidden temp file, fsync and rename. Returns `path`.
 
@@ -178,7 +179,7 @@ def write_parquet_atomic(
                 sink,
                 compression=COMPRESSION,
                 compression_level=COMPRESSION_LEVEL,
-                row_group_size=128 * 1024,
+                row_group_size=row_group_size,
                 use_dictionary=_all_or_columns(use_dictionary),
                 write_statistics=_all_or_columns(write_statistics),
             )
@@ -372,6 +373,7 @@ class DataDir:
         filename: str | None = None,
         subdir: str | None = None,
         refresh: bool = True,
+        row_group_size: int = 128 * 1024,
     ) -> Path:
         """Atomically write `table` as a Parquet file of table `name`; returns its path.
 
@@ -386,7 +388,9 @@ class DataDir:
         filename = filename or new_file_name(name)
         if not filename.endswith(".parquet") or "/" in filename:
             raise StorageError(f"table file name {filename!r} must be a plain name ending in .parquet")
-        path = write_parquet_atomic(table, directory / filename, fsync=self.fsync)
+        path = write_parquet_atomic(
+            table, directory / filename, fsync=self.fsync, row_group_size=row_group_size
+        )
         if refresh:
             self.refresh_views_if_changed()
         return path

@@ -72,6 +72,9 @@ DEFAULT_MARGIN_NS = 10 * 60 * 1_000_000_000
 DELTA_ROWS_MIN = 200_000
 DELTA_FILES_MAX = 64
 ROW_GROUP_SIZE = 131_072
+#: `calls` row groups: a call's row is read whole, so a lookup by call id reads one row group of
+#: every column (at 1M calls: 18 ms with 32k rows, 30 ms with 128k; the file is 14% smaller too).
+CALLS_ROW_GROUP_SIZE = 32_768
 #: DuckDB's memory for a build; beyond it, it spills to DIR/_timeline/tmp (default 80% of RAM).
 DEFAULT_MEMORY_LIMIT = "1700MB"
 #: File name prefix of the pipeline's own root span segments (`pipeline.rootspan`): nothing in
@@ -132,7 +135,14 @@ class BuildSummary:
         return out
 
 
-def copy_atomic(con: duckdb.DuckDBPyConnection, query: str, path: Path, *, fsync: bool = True) -> Path:
+def copy_atomic(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    path: Path,
+    *,
+    fsync: bool = True,
+    row_group_size: int = ROW_GROUP_SIZE,
+) -> Path:
     """COPY a query's rows to a Parquet file atomically: a hidden temp name in the same directory
     (no view's glob matches it), fsync, rename, fsync of the directory. DuckDB writes it in
     parallel and streams it: the rows never pass through Python."""
@@ -140,7 +150,7 @@ def copy_atomic(con: duckdb.DuckDBPyConnection, query: str, path: Path, *, fsync
     try:
         con.execute(
             f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION {COMPRESSION}, "
-            f"COMPRESSION_LEVEL {COMPRESSION_LEVEL}, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+            f"COMPRESSION_LEVEL {COMPRESSION_LEVEL}, ROW_GROUP_SIZE {row_group_size})"
         )
         if fsync:
             fd = os.open(tmp, os.O_RDONLY)
@@ -707,11 +717,21 @@ class Timeline:
             tables.CALLS,
             name,
             f"SELECT * EXCLUDE ({internal}), CAST({seq} AS BIGINT) AS {tables.VERSION_COLUMN} FROM calls_out",
+            row_group_size=CALLS_ROW_GROUP_SIZE,
         )
 
-    def _write(self, con: duckdb.DuckDBPyConnection, table: str, name: str, query: str) -> Path:
+    def _write(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        name: str,
+        query: str,
+        *,
+        row_group_size: int = ROW_GROUP_SIZE,
+    ) -> Path:
         """COPY a query's rows to `DIR/<table>/<name>` atomically (hidden temp name, fsync, rename)."""
-        return copy_atomic(con, query, self.data.table_dir(table) / name, fsync=self.data.fsync)
+        path = self.data.table_dir(table) / name
+        return copy_atomic(con, query, path, fsync=self.data.fsync, row_group_size=row_group_size)
 
     def _set_meta(self, con: duckdb.DuckDBPyConnection, *, seq: int, watermark: int) -> None:
         con.execute("DELETE FROM meta")
@@ -794,6 +814,7 @@ class Timeline:
             tables.CALLS,
             f"base-{seq:012d}-c.parquet",
             f"SELECT *, CAST({seq} AS BIGINT) AS {tables.VERSION_COLUMN} FROM ({latest})",
+            row_group_size=CALLS_ROW_GROUP_SIZE,
         )
         for path in old:
             if _file_seq(path) is not None and path.name != f"base-{seq:012d}-c.parquet":

@@ -29,9 +29,8 @@ if not call_id:
     st.stop()
 
 with ui.connection() as con:
-    call = q.call_row(con, call_id)
-    events = q.call_events(con, call_id)
-    spans = q.call_spans(con, call_id, call)
+    detail = q.call_detail(con, call_id)
+    call, events, spans = detail.call, detail.events, detail.spans
     similar = close_matches(con, call_id) if call is None and not spans else []
 
 if call is None and not spans:

@@ -391,3 +391,43 @@ def test_call_spans_near_the_call_and_the_fallback(demo: DemoData, con: duckdb.D
     assert q.call_spans(con, call_id, far) == everything
     # Found fewer than the build counted: read them all too.
     assert q.call_spans(con, call_id, {**row, "span_count": len(everything) + 5}) == everything
+
+
+def test_call_detail_equals_the_views_for_every_scenario(
+    demo: DemoData, con: duckdb.DuckDBPyConnection
+) -> None:
+    # call_detail derives call_events from the spans it read, with the view's SQL: the rows must be
+    # the view's own, skewed receiver clock, pipeline points and every scenario's faults included.
+    order = ["ts", "ord", "span_id"]
+    for scenario, call_id in demo.call_ids.items():
+        detail = q.call_detail(con, call_id)
+        assert detail.call == q.call_row(con, call_id), scenario
+        assert detail.spans == q.call_spans(con, call_id, detail.call), scenario
+        view = con.execute(
+            "SELECT * FROM call_events WHERE call_id = ? ORDER BY ts, ord, span_id", [call_id]
+        ).fetchall()
+        assert detail.events.sort(order, nulls_last=True).rows() == view, scenario
+        sourced = {s["span_id"] for s in detail.spans if s["source"] in ("answer_url", "receiver", "webhook")}
+        assert set(detail.events["span_id"].drop_nulls().to_list()) == sourced, scenario
+        assert detail.events["event"].to_list()[-1] == "verdict", scenario
+    skewed = q.call_detail(con, demo.call("skewed_receiver_clock"))
+    assert "clock_skew" in skewed.events["event"].to_list()
+
+
+def test_call_detail_of_a_call_not_built_yet_or_unknown(tmp_path: Path) -> None:
+    from pipeline.storage import DataDir
+    from tests.pipeline.timeline_spans import S, span_factory
+
+    data = DataDir(tmp_path / "data", fsync=False)
+    start = 1_780_000_000 * S
+    with span_factory() as spans:
+        spans.ok_call("call_unbuilt", start)
+        data.write_segment(spans.rows(ingested_at_ns=start + 60 * S))
+    with q.open_views(data.path) as con:
+        detail = q.call_detail(con, "call_unbuilt")
+        assert detail.call is None
+        assert len(detail.spans) >= 4
+        assert {"answer_url", "receiver", "webhook"} <= set(detail.events["source"].to_list())
+        assert "verdict" not in detail.events["event"].to_list()  # no calls row: no pipeline points
+        unknown = q.call_detail(con, "call_nobody")
+        assert (unknown.call, unknown.spans, unknown.events.height) == (None, [], 0)
