@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from typer.testing import CliRunner
 
 from callscope.cli import app
 from pipeline.storage import DataDir
+from tests.pipeline.duckdb_shell import shell_query
 from tests.pipeline.timeline_spans import BAD_ACTIONS, S, span_factory
 
 runner = CliRunner()
@@ -147,13 +146,6 @@ def test_check_rejects_a_bad_since_clearly(built: Path, since: str) -> None:
     assert "--since" in result.output
 
 
-def duckdb_shell() -> Path:
-    """The `duckdb` shell of the dev extra (duckdb-cli), beside this interpreter."""
-    shell = Path(sys.executable).parent / "duckdb"
-    assert shell.exists(), "the dev extra installs the duckdb shell (duckdb-cli); run `make test`"
-    return shell
-
-
 def test_a_duckdb_shell_reads_every_view_from_another_directory(built: Path, tmp_path: Path) -> None:
     # The shell a user has may be older than the Python package that wrote callscope.duckdb
     # (duckdb-cli 1.5 against duckdb 2.0 here): the file is in the 1.0 storage format and the
@@ -164,15 +156,7 @@ def test_a_duckdb_shell_reads_every_view_from_another_directory(built: Path, tmp
         "(select verdict from calls where call_id = 'call_dropped')"
     )
     relative = os.path.relpath(built / "callscope.duckdb", tmp_path)
-    result = subprocess.run(
-        [str(duckdb_shell()), "-readonly", "-csv", "-noheader", relative, "-c", query],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    calls, events, spans, unattributed, verdict = result.stdout.strip().split(",")
+    output = shell_query(relative, query, cwd=tmp_path)
+    calls, events, spans, unattributed, verdict = output.split(",")
     assert (int(calls), int(unattributed), verdict) == (3, 1, "stream_dropped")
     assert int(events) > int(calls) and int(spans) >= 7

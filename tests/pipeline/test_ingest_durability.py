@@ -15,6 +15,7 @@ import httpx
 
 from pipeline.samples import sample_request
 from pipeline.storage import DataDir
+from tests.pipeline.duckdb_shell import shell_query
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 
@@ -165,12 +166,10 @@ def test_readers_in_other_processes_query_while_ingest_writes(tmp_path: Path) ->
 def test_the_duckdb_shell_counts_spans_while_ingest_writes(tmp_path: Path) -> None:
     # The issue's own command, run as a user would, from another working directory:
     # `duckdb -readonly DIR/callscope.duckdb -c "select count(*) from spans"`.
-    shell = Path(sys.executable).parent / "duckdb"
-    assert shell.exists(), "the dev extra installs the duckdb shell (duckdb-cli); run `make test`"
     data = tmp_path / "data"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    command = [str(shell), "-readonly", "-csv", "-noheader", "../data/callscope.duckdb"]
+    database = "../data/callscope.duckdb"
     with ingest_process(data, "--roll-processes", "0") as (process, url), httpx.Client(timeout=30) as client:
         deadline = time.monotonic() + 10
         while not (data / "callscope.duckdb").exists() and time.monotonic() < deadline:
@@ -181,26 +180,10 @@ def test_the_duckdb_shell_counts_spans_while_ingest_writes(tmp_path: Path) -> No
             body = sample_request(50, seed=2000 + sent).SerializeToString()
             assert client.post(url, content=body, headers=PROTOBUF).status_code == 200
             sent += 50
-            shell_run = subprocess.run(
-                [*command, "-c", "select count(*) from spans"],
-                cwd=elsewhere,
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=30,
-            )
-            assert shell_run.returncode == 0, shell_run.stderr
-            counts.append(int(shell_run.stdout))
+            counts.append(int(shell_query(database, "select count(*) from spans", cwd=elsewhere)))
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     assert len(counts) > 5
     assert counts == sorted(counts) and counts[-1] <= sent
-    final = subprocess.run(
-        [*command, "-c", "select count(*), count(distinct span_id) from spans"],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    assert final.stdout.strip() == f"{sent},{sent}"
+    final = shell_query(database, "select count(*), count(distinct span_id) from spans", cwd=elsewhere)
+    assert final == f"{sent},{sent}"
