@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+from datetime import datetime
 from typing import Any
 
 import altair as alt
@@ -42,6 +43,10 @@ if call is None and not spans:
     if similar:
         st.markdown("Did you mean " + ", ".join(f"[`{c}`](call?call_id={c})" for c in similar) + "?")
     st.stop()
+
+
+def _first_seen(value: Any) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S} UTC" if isinstance(value, datetime) else "–"
 
 
 def _when(value: Any) -> str:
@@ -111,7 +116,7 @@ else:
         st.warning(note, icon=":material/schedule:")
     st.caption(
         f"application `{call.get('application_id')}` · customer `{call.get('customer_id')}` · "
-        f"{call.get('direction') or '?'} · first seen {call.get('first_seen_at')} · "
+        f"{call.get('direction') or '?'} · first seen {_first_seen(call.get('first_seen_at'))} · "
         f"stream_url `{call.get('stream_url') or '–'}` · track `{call.get('track') or '–'}`"
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import altair as alt
 import polars as pl
 import streamlit as st
@@ -125,11 +127,17 @@ def _failures_chart(series: pl.DataFrame) -> alt.Chart:
     extra = sorted(set(series["verdict"].to_list()) - set(verdicts))
     domain = verdicts + extra
     colours = [ui.VERDICT_COLOURS.get(v, "#334155") for v in domain]
+    # UTC, 24-hour labels: Vega-Lite's default is the browser's zone in 12-hour time without AM/PM
+    # ("08:45" for 20:45 UTC), which misleads whoever reads it at night.
+    buckets = series["bucket"].drop_nulls()
+    one_day = buckets.is_empty() or (buckets.max() - buckets.min()) < timedelta(hours=20)
+    label = "%H:%M" if one_day else "%b %d %H:%M"
+    axis = alt.Axis(labelExpr=f"utcFormat(datum.value, '{label}')", labelOverlap=True)
     return (
         alt.Chart(series)
         .mark_bar()
         .encode(
-            x=alt.X("bucket:T", title=None),
+            x=alt.X("bucket:T", title="UTC", scale=alt.Scale(type="utc"), axis=axis),
             y=alt.Y("sum(calls):Q", title="failed calls", stack="zero"),
             color=alt.Color(
                 "verdict:N",
@@ -137,7 +145,11 @@ def _failures_chart(series: pl.DataFrame) -> alt.Chart:
                 legend=alt.Legend(orient="bottom", columns=4, title=None),
             ),
             order=alt.Order("verdict:N"),
-            tooltip=[alt.Tooltip("bucket:T", format="%Y-%m-%d %H:%M"), "verdict:N", "calls:Q"],
+            tooltip=[
+                alt.Tooltip("bucket:T", title="bucket (UTC)", format="%Y-%m-%d %H:%M", formatType="utc"),
+                "verdict:N",
+                "calls:Q",
+            ],
         )
         .properties(height=280)
     )

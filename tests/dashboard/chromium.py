@@ -172,19 +172,28 @@ class Chromium:
         return str(self.evaluate("document.documentElement.outerHTML") or "")
 
     def screenshot(self, path: Path) -> Path:
-        """Save a full-page PNG screenshot to `path`."""
+        """Save a full-page PNG screenshot to `path`.
+
+        The viewport is resized to the page's height first: `captureBeyondViewport` paints fixed
+        elements mid-layout (Streamlit's sidebar came out shifted off the left edge)."""
         metrics = self.send("Page.getLayoutMetrics")
         size = metrics.get("cssContentSize") or metrics.get("contentSize") or {}
-        params: dict[str, Any] = {"format": "png", "captureBeyondViewport": True}
-        if size:
-            params["clip"] = {
-                "x": 0,
-                "y": 0,
-                "width": max(1, int(size["width"])),
-                "height": max(1, int(size["height"])),
-                "scale": 1,
-            }
+        viewport = metrics.get("cssLayoutViewport") or metrics.get("layoutViewport") or {}
+        params: dict[str, Any] = {"format": "png"}
+        height = int(size.get("height", 0))
+        resized = height > int(viewport.get("clientHeight", 0))
+        if resized:
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                width=int(viewport.get("clientWidth", 1400)),
+                height=height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
+            time.sleep(0.5)  # let the page lay itself out at the new size
         data = self.send("Page.captureScreenshot", **params)["data"]
+        if resized:
+            self.send("Emulation.clearDeviceMetricsOverride")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
