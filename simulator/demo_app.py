@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
@@ -199,10 +199,15 @@ class DemoApp:
         """TLS trust for the simulator: the demo CA (and not the untrusted one)."""
         return self.tls.client_context()
 
-    def stream_url(self, scenario: str) -> str:
-        """The stream_url the answer_url returns for a call of `scenario`."""
+    def stream_url(self, scenario: str, call_id: str | None = None) -> str:
+        """The stream_url the answer_url returns for a call of `scenario`.
+
+        With the call id in the query (as some deployments do, and as callscope advises), the
+        receiver's span is the call's even when the stream closes before its `start` message."""
         host = self.config.host
         token = f"?token={self.stream_token}"
+        if call_id:
+            token += "&" + urlencode({"call_id": call_id})
         match scenario:
             case "receiver_down":
                 return f"wss://{host}:{self._down_port}/minivoice{token}"
@@ -239,16 +244,17 @@ class DemoApp:
         """The customer's answer_url: start a stream of both tracks to our receiver."""
         scenario = request.headers.get(SCENARIO_HEADER.lower(), "happy")
         try:
-            await request.body()
+            body = await request.body()
         except ClientDisconnect:
             return Response(status_code=400)  # MiniVoice hung up (Ctrl+C); nobody reads this
+        call_id = _call_id_of(body)
         if scenario == "answer_url_500":
             return PlainTextResponse("CRM lookup failed: upstream unavailable", status_code=500)
         if scenario == "answer_url_timeout":
             await asyncio.sleep(self.config.answer_url_stall_s)
         if scenario == "answer_url_not_json":
             return HTMLResponse("<html><body><h1>Welcome to Example Corp</h1></body></html>")
-        action = {"type": "start_stream", "stream_url": self.stream_url(scenario), "track": "both"}
+        action = {"type": "start_stream", "stream_url": self.stream_url(scenario, call_id), "track": "both"}
         if scenario == "no_stream_requested":
             # This call needs no live audio: only stop any stream (valid, and no start_stream).
             action["type"] = "stop_stream"
@@ -305,3 +311,13 @@ async def _discard(ws: ServerConnection) -> None:
     with contextlib.suppress(ConnectionClosed):
         async for _message in ws:
             pass
+
+
+def _call_id_of(body: bytes) -> str | None:
+    """`call.id` of an answer_url request body, or None."""
+    try:
+        call = json.loads(body).get("call")
+    except (ValueError, AttributeError):
+        return None
+    call_id = call.get("id") if isinstance(call, dict) else None
+    return call_id if isinstance(call_id, str) and call_id else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from typer.testing import CliRunner
 
 from callscope.cli import app as cli
+from collectors import call_trace_id
 from simulator.demo_app import DemoApp, DemoAppConfig
 
 runner = CliRunner()
@@ -148,3 +150,36 @@ def test_busy_port_names_the_port_and_the_option(option: str, tmp_path: Path) ->
         result = runner.invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert f"port {port} on 127.0.0.1 is already in use; choose another with {option} PORT" in result.output
+
+
+def test_a_stream_closed_before_start_is_still_the_calls_span() -> None:
+    # The demo's answer_url puts the call id in the stream_url's query, so a stream the platform
+    # opens and drops before its `start` message (seen in the soak when the receiver restarted)
+    # is still recorded against the call, not as a span without a call id.
+    import json
+
+    import httpx
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from websockets.sync.client import connect
+
+    exporter = InMemorySpanExporter()
+    with demo_app_in_thread() as app:
+        provider = app.config.tracer_provider
+        assert isinstance(provider, TracerProvider)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        body = {"event": "call.answered", "call": {"id": "call_early_close", "status": "in-progress"}}
+        answer = httpx.post(app.answer_url, content=json.dumps(body), timeout=10)
+        stream_url = answer.json()["actions"][0]["stream_url"]
+        assert stream_url.endswith("&call_id=call_early_close")
+        with connect(stream_url, ssl=app.client_context(), open_timeout=10) as websocket:
+            websocket.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        deadline = time.monotonic() + 10
+        while not [s for s in exporter.get_finished_spans() if s.name == "stream.receiver"]:
+            assert time.monotonic() < deadline, "no stream.receiver span"
+            time.sleep(0.05)
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "stream.receiver"]
+    assert span.attributes is not None
+    assert span.attributes["minivoice.call_id"] == "call_early_close"
+    assert span.attributes["minivoice.call_id_source"] == "query"
+    assert span.context.trace_id == call_trace_id("call_early_close")
