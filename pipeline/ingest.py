@@ -74,8 +74,9 @@ class IngestOptions:
     #: WAL bytes not yet rolled into segments; beyond it, 503 (the disk or decoder can't keep up).
     max_backlog_bytes: int = 512 * MiB
     retry_after_s: int = 1
-    #: Seconds a client has to send its whole request body; after it, 408 and the connection is
-    #: closed, so slow or stalled clients (slowloris) cannot hold memory and connections forever.
+    #: Seconds a client has to send its request headers, and then its whole body; after either,
+    #: 408 and the connection is closed, so slow or stalled clients (slowloris) cannot hold memory
+    #: and connections forever.
     read_timeout_s: float = 30.0
     fsync: bool = True
     wal_file_bytes: int = 32 * MiB
@@ -462,6 +463,13 @@ class RunningIngest:
 def _uvicorn_config(app: IngestApp, host: str, port: int, log_level: str) -> Any:
     import uvicorn
 
+    from pipeline.http_timeouts import header_timeout_protocol
+
+    stats = app.service.stats
+
+    def header_timeout() -> None:
+        stats.errors[408] = stats.errors.get(408, 0) + 1
+
     return uvicorn.Config(
         app,
         host=host,
@@ -472,6 +480,8 @@ def _uvicorn_config(app: IngestApp, host: str, port: int, log_level: str) -> Any
         timeout_graceful_shutdown=10,
         # An OTLP client sends one body per request; cap what h11/httptools buffer before our limit.
         h11_max_incomplete_event_size=64 * 1024,
+        # Slow or stalled request headers get the body's deadline too (408): uvicorn has none.
+        http=header_timeout_protocol(app.service.options.read_timeout_s, on_timeout=header_timeout),
     )
 
 
