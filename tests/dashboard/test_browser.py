@@ -80,3 +80,14 @@ def test_call_detail_deep_link_renders_in_chromium(served: tuple[str, DemoData],
     assert "Page not found" not in text  # a shared link opens the page it names, first time
     assert "requires wss" in text
     assert browser.evaluate("location.search") == f"?call_id={call_id}"
+
+
+def test_calls_page_renders_in_chromium(served: tuple[str, DemoData], browser: Chromium) -> None:
+    url, demo = served
+    browser.open(url + "/calls")
+    text = browser.wait_for_text("calls match", "Click a call id to open it")
+    browser.screenshot(ARTIFACTS / "dashboard-calls.png")
+    assert browser.count(EXCEPTION_BOX) == 0, text
+    assert f"{len(demo.rows)} calls match" in text
+    # The table is Streamlit's canvas data grid: its cells are not DOM text, the grid itself is.
+    assert browser.count('[data-testid="stDataFrame"]') == 1
