@@ -261,7 +261,9 @@ def rules(config: RulesConfig) -> list[Rule]:
                 "'Confirm the receiver accepts WebSocket connections at ' || "
                 "coalesce(au_first_ok.stream_url, 'the stream_url')",
                 "' from MiniVoice: DNS, TLS certificate, firewall or load balancer, a 101 handshake; "
-                "and that the receiver collector wraps that endpoint'",
+                "and that the receiver collector wraps that endpoint. A connection dropped before "
+                "MiniVoice''s start message carries no call id (see unattributed_spans) unless the "
+                "stream_url has ?call_id='",
             ),
         ),
         # 4. media: the receiver log shows whether media arrived.
