@@ -451,10 +451,40 @@ def failures_by_verdict(con: duckdb.DuckDBPyConnection, flt: CallFilter) -> list
     return [(str(v), str(s), int(n)) for v, s, n in rows]
 
 
+def failing_since(series: pl.DataFrame, verdict: str, bucket: timedelta) -> tuple[datetime, datetime] | None:
+    """When the latest burst of `verdict` failures began, and the start of its last bucket.
+
+    `series` is `Overview.series` (bucket, verdict, calls). A burst is a run of buckets with at
+    least one such failure, with at most one empty bucket between two of them; None without any.
+    """
+    times = sorted(
+        b for b, v, n in series.select("bucket", "verdict", "calls").iter_rows() if v == verdict and n > 0
+    )
+    if not times:
+        return None
+    start = times[-1]
+    for earlier in reversed(times[:-1]):
+        if start - earlier > 2 * bucket:
+            break
+        start = earlier
+    return start, times[-1]
+
+
+def _clock(moment: datetime, reference: datetime) -> str:
+    """`HH:MM UTC`, with the date when it is not the reference's day."""
+    moment, reference = _utc(moment), _utc(reference)
+    return f"{moment:%H:%M} UTC" if moment.date() == reference.date() else f"{moment:%b %d %H:%M} UTC"
+
+
 def headline(
-    counts: WindowCounts, by_verdict: Sequence[tuple[str, str, int]], worst: Mapping[str, Any] | None
+    counts: WindowCounts,
+    by_verdict: Sequence[tuple[str, str, int]],
+    worst: Mapping[str, Any] | None,
+    since: tuple[datetime, datetime] | None = None,
 ) -> str:
-    """The overview's one-sentence answer: how many failed, at which step, and for whom (Markdown)."""
+    """The overview's one-sentence answer: how many failed, at which step, since when (`since`:
+    the start and last bucket of the top verdict's latest burst, `failing_since`) and for whom
+    (Markdown)."""
     if counts.calls == 0:
         return "No calls in this window."
     if counts.final == 0:
@@ -465,7 +495,12 @@ def headline(
     text = f"**{counts.failures:,} of {counts.final:,} final calls failed ({rate:.1%}).**"
     if by_verdict:
         verdict, stage, n = by_verdict[0]
-        text += f" Most failed at **{stage}**: `{verdict}` ({n:,} calls)."
+        text += f" Most failed at **{stage}**: `{verdict}` ({n:,} calls)"
+        if since is not None:
+            first, last = since
+            text += f", since **{_clock(first, last)}**"
+            text += f" (latest: the {_clock(last, last)} bucket)" if last != first else ""
+        text += "."
     if worst:
         key = "application_id" if "application_id" in worst else "customer_id"
         text += f" Most failures: {key.removesuffix('_id')} `{worst[key]}` ({worst['failures']:,})."
@@ -483,11 +518,14 @@ class Overview:
     top_customers: pl.DataFrame
     series: pl.DataFrame
     """Failed calls per bucket and verdict (`failures_over_time`)."""
+    bucket: timedelta = timedelta(minutes=15)
+    """The width of the series' buckets."""
 
     def headline(self) -> str:
         """The one-sentence answer (see `headline`)."""
         worst = self.top_applications.row(0, named=True) if self.top_applications.height else None
-        return headline(self.kpis.current, self.by_verdict, worst)
+        since = failing_since(self.series, self.by_verdict[0][0], self.bucket) if self.by_verdict else None
+        return headline(self.kpis.current, self.by_verdict, worst, since)
 
 
 def overview(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta, top: int = 10) -> Overview:
@@ -512,6 +550,7 @@ def overview(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta,
             _empty_top("application_id"),
             _empty_top("customer_id"),
             _empty_series(),
+            bucket,
         )
     where, params = _where(replace(flt, start=previous.start if previous else flt.start))
     current = "first_seen_at >= ?" if flt.start is not None else "true"
@@ -530,7 +569,7 @@ def overview(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta,
         [*current_params, int(bucket / timedelta(microseconds=1)), *params],
     )
     try:
-        return _overview_from_counts(con, previous is not None, top)
+        return replace(_overview_from_counts(con, previous is not None, top), bucket=bucket)
     finally:
         con.execute(f"DROP TABLE IF EXISTS {OVERVIEW_COUNTS}")
 

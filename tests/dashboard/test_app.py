@@ -78,7 +78,7 @@ def test_overview_shows_the_answer_in_one_look(app: AppTest, demo: DemoData) -> 
     _, top_n = verdict_counts.most_common(1)[0]
     headline = at.markdown[0].value
     assert f"{failures} of {final} final calls failed" in headline
-    assert f"({top_n} calls)" in headline
+    assert f"({top_n} calls), since **" in headline  # since when: the top verdict's latest burst
     assert any(f"**{stage}**" in headline for stage in stage_counts)
 
     funnel = _table(at, "stopped here")

@@ -431,3 +431,31 @@ def test_call_detail_of_a_call_not_built_yet_or_unknown(tmp_path: Path) -> None:
         assert "verdict" not in detail.events["event"].to_list()  # no calls row: no pipeline points
         unknown = q.call_detail(con, "call_nobody")
         assert (unknown.call, unknown.spans, unknown.events.height) == (None, [], 0)
+
+
+def test_failing_since_finds_the_start_of_the_latest_burst() -> None:
+    import polars as pl
+
+    base = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
+    quarter = timedelta(minutes=15)
+
+    def at(*quarters: int, verdict: str = "stream_dropped") -> list[tuple[datetime, str, int]]:
+        return [(base + k * quarter, verdict, 2) for k in quarters]
+
+    # An old failure, a quiet hour, then a burst from 02:15 with one empty bucket in it (02:45).
+    rows = at(0) + at(5, 6, 8, 9) + at(7, verdict="no_media")
+    series = pl.DataFrame(rows, schema=["bucket", "verdict", "calls"], orient="row")
+    assert q.failing_since(series, "stream_dropped", quarter) == (base + 5 * quarter, base + 9 * quarter)
+    assert q.failing_since(series, "no_media", quarter) == (base + 7 * quarter, base + 7 * quarter)
+    assert q.failing_since(series, "call_failed", quarter) is None
+    since = q.failing_since(series, "stream_dropped", quarter)
+    text = q.headline(q.WindowCounts(50, 50, 10, 0), [("stream_dropped", "stream", 10)], None, since)
+    assert "`stream_dropped` (10 calls), since **02:15 UTC** (latest: the 03:15 UTC bucket)." in text
+    # A burst that began the day before says which day.
+    overnight = q.headline(
+        q.WindowCounts(50, 50, 10, 0),
+        [("stream_dropped", "stream", 10)],
+        None,
+        (base - timedelta(hours=2), base),
+    )
+    assert "since **Nov 24 23:00 UTC**" in overnight
