@@ -318,20 +318,8 @@ class _Recorder:
             logs.log_span(span, SOURCE)
 
 
-# ---------------------------------------------------------------------------------------------
-# ASGI
-
-
-class AnswerUrlMiddleware:
-    """ASGI middleware recording an `answer_url` span for each request to `path`.
-
-    `call_id` is an optional extractor `(AnswerUrlRequest) -> str | None` tried before the body,
-    header and query. `tracer_provider` defaults to callscope's (`collectors.configure`).
-    `pii_key` defaults to CALLSCOPE_PII_KEY. `clock` (unix ns) is for tests and skewed hosts.
-
-        app = Starlette(routes=...)
-        app.add_middleware(AnswerUrlMiddleware, path="/answer")
-    """
+class _Wrapper:
+    """What both middlewares keep: the wrapped app, and the recorder of the requests to `path`."""
 
     def __init__(
         self,
@@ -353,6 +341,22 @@ class AnswerUrlMiddleware:
             max_body_bytes=max_body_bytes,
             clock=clock,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# ASGI
+
+
+class AnswerUrlMiddleware(_Wrapper):
+    """ASGI middleware recording an `answer_url` span for each request to `path`.
+
+    `call_id` is an optional extractor `(AnswerUrlRequest) -> str | None` tried before the body,
+    header and query. `tracer_provider` defaults to callscope's (`collectors.configure`).
+    `pii_key` defaults to CALLSCOPE_PII_KEY. `clock` (unix ns) is for tests and skewed hosts.
+
+        app = Starlette(routes=...)
+        app.add_middleware(AnswerUrlMiddleware, path="/answer")
+    """
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope.get("type") != "http" or not self.recorder.matches(scope.get("path", "")):
@@ -542,32 +546,11 @@ class _ReplayInput:
         return iter(self.readline, b"")
 
 
-class AnswerUrlWSGIMiddleware:
+class AnswerUrlWSGIMiddleware(_Wrapper):
     """The WSGI twin of `AnswerUrlMiddleware`.
 
     flask_app.wsgi_app = AnswerUrlWSGIMiddleware(flask_app.wsgi_app, path="/answer")
     """
-
-    def __init__(
-        self,
-        app: Any,
-        path: str = "/answer",
-        call_id: CallIdExtractor | None = None,
-        *,
-        tracer_provider: trace.TracerProvider | None = None,
-        pii_key: str | bytes | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        clock: Clock | None = None,
-    ) -> None:
-        self.app = app
-        self.recorder = _Recorder(
-            path=path,
-            call_id=call_id,
-            tracer_provider=tracer_provider,
-            pii_key=pii_key,
-            max_body_bytes=max_body_bytes,
-            clock=clock,
-        )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if not self.recorder.matches(environ.get("PATH_INFO", "")):

@@ -9,9 +9,7 @@ before the build reads the files, by real segments arriving and the real compact
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +21,7 @@ import pytest
 from pipeline.compaction import compact
 from pipeline.storage import DataDir, Segment
 from pipeline.timeline import BuildSummary, Timeline, segment_vanished
+from tests.filesystem import fill, small_filesystem
 from tests.pipeline.timeline_spans import T0, S, SpanFactory, span_factory
 
 LATER = T0 + 3600 * S
@@ -154,32 +153,6 @@ def test_follow_survives_an_io_error_writing_its_outputs(tmp_path: Path, spans: 
             shutil.move(tmp_path / "calls.saved", calls_dir)
             assert wait_for(lambda: call_ids(data) == {"call_a", "call_b"})
     assert all(isinstance(e, OSError) for e in errors)
-
-
-@contextlib.contextmanager
-def small_filesystem(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("filling a filesystem needs a tmpfs, and mounting one needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler.bin"
-    with open(filler, "wb", buffering=0) as sink:
-        for size in (1 << 20, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    sink.write(b"\0" * size)
-    return filler
 
 
 def test_follow_survives_a_full_disk_and_catches_up(tmp_path: Path, spans: SpanFactory) -> None:

@@ -11,24 +11,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 from google.rpc import status_pb2
 
 from pipeline.ingest import running_ingest
 from pipeline.samples import sample_request
 from pipeline.storage import DataDir
+from tests.filesystem import fill, small_filesystem
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 
@@ -73,34 +71,8 @@ def test_a_failed_roll_up_is_retried_without_a_restart(tmp_path: Path) -> None:
         assert not list((data / "wal").glob("wal-*.log"))
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("filling a filesystem needs a tmpfs, and mounting one needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler.bin"
-    with open(filler, "wb", buffering=0) as sink:
-        for size in (1 << 20, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    sink.write(b"\0" * size)
-    return filler
-
-
 def test_a_full_disk_answers_503_and_recovers(tmp_path: Path) -> None:
-    with _tmpfs(tmp_path / "fs", "16m") as fs:
+    with small_filesystem(tmp_path / "fs", "16m") as fs:
         data = fs / "data"
         acknowledged = 0
         with (
@@ -114,7 +86,7 @@ def test_a_full_disk_answers_503_and_recovers(tmp_path: Path) -> None:
 
             assert post(1).status_code == 200
             acknowledged += 20
-            filler = _fill(fs)
+            filler = fill(fs)
             refused = post(2)
             assert refused.status_code == 503
             assert "No space left on device" in status_pb2.Status.FromString(refused.content).message
