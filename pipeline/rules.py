@@ -132,9 +132,12 @@ def cat(*parts: str) -> str:
 
 
 def seconds(ns: str) -> str:
-    """SQL: a nanosecond duration as "14.2 s"."""
-    # A DECIMAL cast rather than printf: a million reasons are formatted per build.
-    return f"CAST(CAST(({ns}) / 1e9 AS DECIMAL(18, 1)) AS VARCHAR) || ' s'"
+    """SQL: a nanosecond duration as "14.2 s", or "38 ms" under a second ("0.0 s" says nothing)."""
+    # DECIMAL casts rather than printf: a million reasons are formatted per build.
+    return (
+        f"CASE WHEN abs({ns}) < 1e9 THEN CAST(CAST(({ns}) / 1e6 AS DECIMAL(18, 0)) AS VARCHAR) || ' ms' "
+        f"ELSE CAST(CAST(({ns}) / 1e9 AS DECIMAL(18, 1)) AS VARCHAR) || ' s' END"
+    )
 
 
 def clock(ns: str) -> str:
