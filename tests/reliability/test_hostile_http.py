@@ -15,8 +15,6 @@ and what it accepted before stays stored.
 from __future__ import annotations
 
 import gzip
-import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -43,6 +41,7 @@ from pipeline.samples import sample_request
 from pipeline.settings import Settings
 from pipeline.storage import DataDir
 from tests.conftest import TEST_RESOURCE
+from tests.ingest_process import ingest_process
 from tests.otlp_sink import UvicornThread
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
@@ -217,17 +216,7 @@ def _peak_rss_kb(pid: int) -> int:
 def test_a_1_gb_gzip_bomb_is_stopped_while_streaming(tmp_path: Path) -> None:
     bomb = _gzip_bomb()
     assert len(bomb) < 2 * 1024 * 1024
-    command = ["ingest", "--port", "0", "--data", str(tmp_path / "data"), "--log-level", "warning"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "callscope", *command, "--compact-interval", "0", "--roll-processes", "0"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline().decode()
-        assert "callscope ingest: http://" in line, line
-        url = line.split()[2]
+    with ingest_process(tmp_path / "data", "--roll-processes", "0") as (process, url):
         with httpx.Client(timeout=60) as client:
             warm = client.post(url, content=sample_request(50).SerializeToString(), headers=PROTOBUF)
             assert warm.status_code == 200
@@ -245,11 +234,6 @@ def test_a_1_gb_gzip_bomb_is_stopped_while_streaming(tmp_path: Path) -> None:
             assert "decompressed body is larger than the limit" in _message(response)
         # 1 GiB inflated, at most the 16 MiB body limit (plus buffers) held at once.
         assert after - before < 64 * 1024, f"peak RSS grew {(after - before) // 1024} MB"
-    finally:
-        process.kill()
-        process.wait(timeout=30)
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 # ---- the webhook collector ------------------------------------------------------------------------

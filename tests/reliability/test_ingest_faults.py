@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from pipeline.ingest import running_ingest
 from pipeline.samples import sample_request
 from pipeline.storage import DataDir
 from tests.filesystem import fill, small_filesystem
+from tests.ingest_process import ingest_process
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 
@@ -99,18 +98,7 @@ def test_a_full_disk_answers_503_and_recovers(tmp_path: Path) -> None:
 
 
 def test_kill_9_of_ingest_leaves_no_worker_process(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
-    command = ["ingest", "--port", "0", "--data", data, "--log-level", "warning", "--compact-interval", "0"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "callscope", *command, "--roll-processes", "1", "--wal-seconds", "0.2"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline().decode()
-        assert "callscope ingest: http://" in line, line
-        url = line.split()[2]
+    with ingest_process(tmp_path / "data", "--roll-processes", "1", "--wal-seconds", "0.2") as (process, url):
         body = sample_request(10).SerializeToString()
         assert httpx.post(url, content=body, headers=PROTOBUF, timeout=30).status_code == 200
         parent = psutil.Process(process.pid)
@@ -123,9 +111,3 @@ def test_kill_9_of_ingest_leaves_no_worker_process(tmp_path: Path) -> None:
         for leftover in alive:
             leftover.kill()
         assert alive == [], f"left running after kill -9: {[p.cmdline() for p in alive]}"
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-        if process.stderr is not None:
-            process.stderr.close()
