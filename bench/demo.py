@@ -56,31 +56,16 @@ async def _baseline(calls: int) -> float:
 
     from simulator.demo import DemoOptions
     from simulator.demo_app import DemoApp, DemoAppConfig
-    from simulator.platform import Platform, PlatformConfig
+    from simulator.platform import Platform
     from simulator.runner import run_calls
     from simulator.scenarios import demo_mix
-    from simulator.stream import StreamOptions
-    from simulator.webhooks import WebhookOptions
 
     options = DemoOptions(calls=calls)
     provider = TracerProvider()  # spans are made, but go nowhere
-    config = DemoAppConfig(
-        tracer_provider=provider, answer_url_stall_s=options.answer_url_timeout_ms / 1000 + 0.5
-    )
+    config = DemoAppConfig(tracer_provider=provider, answer_url_stall_s=options.answer_url_stall_s)
     async with DemoApp(config) as app:
-        platform_config = PlatformConfig(
-            answer_url=app.answer_url,
-            webhook_url=app.webhook_url,
-            answer_url_timeout_s=options.answer_url_timeout_ms / 1000,
-            media_seconds=options.media_seconds,
-            speed=options.speed,
-            ring_seconds=options.media_seconds,
-            ssl_context=app.client_context(),
-            stream=StreamOptions(ssl_context=app.client_context()),
-            webhooks=WebhookOptions(backoff_s=0.1),
-        )
         started = time.perf_counter()
-        async with Platform(platform_config) as platform:
+        async with Platform(options.platform_config(app)) as platform:
             await run_calls(platform, demo_mix(calls), concurrency=options.concurrency)
         elapsed = time.perf_counter() - started
     provider.shutdown()

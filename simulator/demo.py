@@ -73,6 +73,25 @@ class DemoOptions:
     """Explicit call list (tests); None: `demo_mix(calls)`."""
     ingest_fsync: bool = True
 
+    @property
+    def answer_url_stall_s(self) -> float:
+        """How long the `answer_url_timeout` scenario's answer_url stalls: past the timeout."""
+        return self.answer_url_timeout_ms / 1000 + 0.5
+
+    def platform_config(self, app: DemoApp) -> PlatformConfig:
+        """How the simulated MiniVoice reaches `app`: its URLs and CA, this run's timing."""
+        return PlatformConfig(
+            answer_url=app.answer_url,
+            webhook_url=app.webhook_url,
+            answer_url_timeout_s=self.answer_url_timeout_ms / 1000,
+            media_seconds=self.media_seconds,
+            speed=self.speed,
+            ring_seconds=self.media_seconds,
+            ssl_context=app.client_context(),
+            stream=StreamOptions(ssl_context=app.client_context()),
+            webhooks=WebhookOptions(backoff_s=0.1),
+        )
+
     def settings(self, base: Settings | None = None) -> Settings:
         """The pipeline settings for this run: the demo's data dir, grace and answer_url timeout."""
         return (base or Settings.from_environ()).with_overrides(
@@ -184,7 +203,7 @@ def run_demo(options: DemoOptions, progress: Progress = lambda _m: None) -> Demo
 async def _place_calls(
     options: DemoOptions, provider: TracerProvider, progress: Progress, timings: dict[str, float]
 ) -> list[CallOutcome]:
-    stall_s = options.answer_url_timeout_ms / 1000 + 0.5
+    stall_s = options.answer_url_stall_s
     app_config = DemoAppConfig(
         host=options.host,
         http_port=options.app_port,
@@ -198,17 +217,7 @@ async def _place_calls(
             f"demo app: answer_url {app.answer_url}, webhooks {app.webhook_url}, "
             f"receiver wss://{options.host}:{app.receiver_port}"
         )
-        config = PlatformConfig(
-            answer_url=app.answer_url,
-            webhook_url=app.webhook_url,
-            answer_url_timeout_s=options.answer_url_timeout_ms / 1000,
-            media_seconds=options.media_seconds,
-            speed=options.speed,
-            ring_seconds=options.media_seconds,
-            ssl_context=app.client_context(),
-            stream=StreamOptions(ssl_context=app.client_context()),
-            webhooks=WebhookOptions(backoff_s=0.1),
-        )
+        config = options.platform_config(app)
         progress(f"placing {len(scenarios)} calls ({options.concurrency} at a time)")
         started = time.monotonic()
         async with Platform(config) as platform:
