@@ -15,8 +15,9 @@ Two locks, so that a question can never change anything or read outside the data
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -129,10 +130,12 @@ def _map_error(exc: Exception) -> Exception:
     return SQLError(str(exc))
 
 
-def run_query(
-    data: DataDir, sql: str, *, max_rows: int | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S
-) -> QueryResult:
-    """Run one read-only query over the views. Raises SQLRefused or SQLError with a clear message."""
+@contextlib.contextmanager
+def _read_only_query(
+    data: DataDir, sql: str, timeout_s: float | None
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+    """The checked query and a sandboxed connection to run it on, interrupted after `timeout_s`;
+    DuckDB errors raised in the block become SQLError or SQLRefused."""
     import duckdb
 
     query = check_read_only(sql)
@@ -141,41 +144,37 @@ def run_query(
         if timer:
             timer.start()
         try:
-            cursor = con.execute(query)
-            columns = [d[0] for d in cursor.description or ()]
-            if max_rows is None:
-                rows = cursor.fetchall()
-                truncated = False
-            else:
-                rows = cursor.fetchmany(max_rows + 1)
-                truncated = len(rows) > max_rows
-                rows = rows[:max_rows]
-                if truncated:
-                    con.abort()
+            yield con, query
         except duckdb.Error as exc:
             raise _map_error(exc) from exc
         finally:
             if timer:
                 timer.cancel()
+
+
+def run_query(
+    data: DataDir, sql: str, *, max_rows: int | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S
+) -> QueryResult:
+    """Run one read-only query over the views. Raises SQLRefused or SQLError with a clear message."""
+    with _read_only_query(data, sql, timeout_s) as (con, query):
+        cursor = con.execute(query)
+        columns = [d[0] for d in cursor.description or ()]
+        if max_rows is None:
+            rows = cursor.fetchall()
+            truncated = False
+        else:
+            rows = cursor.fetchmany(max_rows + 1)
+            truncated = len(rows) > max_rows
+            rows = rows[:max_rows]
+            if truncated:
+                con.abort()
     return QueryResult(columns, [tuple(r) for r in rows], truncated)
 
 
 def run_query_arrow(data: DataDir, sql: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> pa.Table:
     """Like `run_query`, as an Arrow table (for the dashboard)."""
-    import duckdb
-
-    query = check_read_only(sql)
-    with sandboxed_connection(data) as con:
-        timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
-        if timer:
-            timer.start()
-        try:
-            return con.sql(query).to_arrow_table()
-        except duckdb.Error as exc:
-            raise _map_error(exc) from exc
-        finally:
-            if timer:
-                timer.cancel()
+    with _read_only_query(data, sql, timeout_s) as (con, query):
+        return con.sql(query).to_arrow_table()
 
 
 def format_csv(result: QueryResult) -> str:
