@@ -30,11 +30,9 @@ import collectors
 from pipeline.settings import Settings
 from simulator.demo_app import DemoApp, DemoAppConfig
 from simulator.outcome import CallOutcome
-from simulator.platform import Platform, PlatformConfig
+from simulator.platform import Platform
 from simulator.runner import run_calls
 from simulator.scenarios import demo_mix
-from simulator.stream import StreamOptions
-from simulator.webhooks import WebhookOptions
 
 logger = logging.getLogger("callscope.demo_traffic")
 
@@ -63,17 +61,11 @@ async def place_rounds(options: argparse.Namespace, settings: Settings) -> list[
     app_config = DemoAppConfig(answer_url_stall_s=timeout_s + 0.5, tracer_provider=provider)
     outcomes: list[CallOutcome] = []
     async with DemoApp(app_config) as app:
-        trust = app.client_context()
-        config = PlatformConfig(
-            answer_url=app.answer_url,
-            webhook_url=app.webhook_url,
+        config = app.platform_config(
             answer_url_timeout_s=timeout_s,
             media_seconds=options.media_seconds,
             speed=options.speed,
-            ring_seconds=options.media_seconds,
-            ssl_context=trust,
-            stream=StreamOptions(ssl_context=trust),
-            webhooks=WebhookOptions(backoff_s=0.5),
+            webhook_backoff_s=0.5,
         )
         completed = 0
         async with Platform(config) as platform:

@@ -36,8 +36,6 @@ from simulator.platform import Platform, PlatformConfig
 from simulator.runner import run_calls
 from simulator.scenarios import Scenario, demo_mix
 from simulator.serving import bind_port
-from simulator.stream import StreamOptions
-from simulator.webhooks import WebhookOptions
 
 Progress = Callable[[str], None]
 
@@ -79,17 +77,11 @@ class DemoOptions:
         return self.answer_url_timeout_ms / 1000 + 0.5
 
     def platform_config(self, app: DemoApp) -> PlatformConfig:
-        """How the simulated MiniVoice reaches `app`: its URLs and CA, this run's timing."""
-        return PlatformConfig(
-            answer_url=app.answer_url,
-            webhook_url=app.webhook_url,
+        """How the simulated MiniVoice reaches `app`, with this run's timing."""
+        return app.platform_config(
             answer_url_timeout_s=self.answer_url_timeout_ms / 1000,
             media_seconds=self.media_seconds,
             speed=self.speed,
-            ring_seconds=self.media_seconds,
-            ssl_context=app.client_context(),
-            stream=StreamOptions(ssl_context=app.client_context()),
-            webhooks=WebhookOptions(backoff_s=0.1),
         )
 
     def settings(self, base: Settings | None = None) -> Settings:

@@ -45,8 +45,11 @@ from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
 
 from collectors import AnswerUrlMiddleware, Webhook, WebhookMiddleware, instrument_receiver
+from simulator.platform import PlatformConfig
 from simulator.scenarios import SCENARIO_HEADER
 from simulator.serving import AsgiServer, TlsMaterial, bind_port, closed_port, port_of
+from simulator.stream import StreamOptions
+from simulator.webhooks import WebhookOptions
 
 logger = logging.getLogger("callscope.demo_app")
 
@@ -198,6 +201,30 @@ class DemoApp:
     def client_context(self) -> ssl.SSLContext:
         """TLS trust for the simulator: the demo CA (and not the untrusted one)."""
         return self.tls.client_context()
+
+    def platform_config(
+        self,
+        *,
+        answer_url_timeout_s: float,
+        media_seconds: float,
+        speed: float,
+        ring_seconds: float | None = None,
+        webhook_backoff_s: float = 0.1,
+    ) -> PlatformConfig:
+        """A simulated MiniVoice pointed at this app: its answer_url and webhook URLs, trusting its
+        CA for the streams. `ring_seconds` defaults to `media_seconds`."""
+        trust = self.client_context()
+        return PlatformConfig(
+            answer_url=self.answer_url,
+            webhook_url=self.webhook_url,
+            answer_url_timeout_s=answer_url_timeout_s,
+            media_seconds=media_seconds,
+            speed=speed,
+            ring_seconds=media_seconds if ring_seconds is None else ring_seconds,
+            ssl_context=trust,
+            stream=StreamOptions(ssl_context=trust),
+            webhooks=WebhookOptions(backoff_s=webhook_backoff_s),
+        )
 
     def stream_url(self, scenario: str, call_id: str | None = None) -> str:
         """The stream_url the answer_url returns for a call of `scenario`.

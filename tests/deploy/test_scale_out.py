@@ -40,11 +40,9 @@ from pipeline.storage import DataDir
 from pipeline.timeline import build
 from simulator.demo_app import DemoApp, DemoAppConfig
 from simulator.outcome import CallOutcome
-from simulator.platform import Platform, PlatformConfig
+from simulator.platform import Platform
 from simulator.runner import run_calls
 from simulator.scenarios import SCENARIOS
-from simulator.stream import StreamOptions
-from simulator.webhooks import WebhookOptions
 from tests.deploy.deployment import ROOT
 from tests.deploy.loadbalancing import HashRing, LoadBalancingSpanExporter
 
@@ -76,18 +74,13 @@ def settings_for(data_dir: Path) -> Settings:
 async def place_calls(provider: TracerProvider) -> list[CallOutcome]:
     stall_s = ANSWER_URL_TIMEOUT_MS / 1000 + 0.4
     async with DemoApp(DemoAppConfig(answer_url_stall_s=stall_s, tracer_provider=provider)) as app:
-        trust = app.client_context()
-        config = PlatformConfig(
-            answer_url=app.answer_url,
-            webhook_url=app.webhook_url,
+        config = app.platform_config(
             answer_url_timeout_s=ANSWER_URL_TIMEOUT_MS / 1000,
             # 2 s of audio in 0.4 s: slow enough for the overloaded receiver's 1011 to land mid-stream.
             media_seconds=2.0,
             speed=5.0,
             ring_seconds=1.0,
-            ssl_context=trust,
-            stream=StreamOptions(ssl_context=trust),
-            webhooks=WebhookOptions(backoff_s=0.05),
+            webhook_backoff_s=0.05,
         )
         async with Platform(config) as platform:
             outcomes = await run_calls(platform, SCENARIO_LIST, concurrency=CONCURRENCY, call_ids=CALL_IDS)
