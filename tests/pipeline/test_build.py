@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,9 @@ from pipeline.rules import RulesConfig
 from pipeline.schema import MINIVOICE_COLUMN, MINIVOICE_TYPE
 from pipeline.storage import DataDir
 from pipeline.timeline import Timeline, TimelineError
-from tests.pipeline.timeline_spans import T0, S, SpanFactory, span_factory
+from tests.pipeline.timeline_spans import T0, S, SpanFactory
 
 LATER = T0 + 3600 * S
-
-
-@pytest.fixture
-def spans() -> Iterator[SpanFactory]:
-    with span_factory() as factory:
-        yield factory
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> DataDir:
-    return DataDir(tmp_path / "data", fsync=False)
 
 
 def view(data: DataDir, sql: str) -> list[dict[str, Any]]:

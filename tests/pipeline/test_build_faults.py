@@ -16,13 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pipeline.compaction import compact
 from pipeline.storage import DataDir, Segment
 from pipeline.timeline import BuildSummary, Timeline, segment_vanished
 from tests.filesystem import fill, small_filesystem
-from tests.pipeline.timeline_spans import T0, S, SpanFactory, span_factory
+from tests.pipeline.timeline_spans import T0, S, SpanFactory
 
 LATER = T0 + 3600 * S
 
@@ -47,12 +45,6 @@ class CompactedWhileListed(DataDir):
             plain.write_segment(self.spans.rows())
             assert compact(plain, small_bytes=1 << 30).partitions
         return listed
-
-
-@pytest.fixture
-def spans() -> Iterator[SpanFactory]:
-    with span_factory() as factory:
-        yield factory
 
 
 def call_ids(data: DataDir) -> set[str]:

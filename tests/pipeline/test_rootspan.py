@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 from collectors.identity import call_root_span_id_hex, call_trace_id_hex
@@ -14,20 +10,9 @@ from pipeline.rootspan import RootSpanEmitter
 from pipeline.storage import DataDir
 from pipeline.timeline import Timeline
 from tests.otlp_sink import OTLPSink
-from tests.pipeline.timeline_spans import T0, S, SpanFactory, span_factory
+from tests.pipeline.timeline_spans import T0, S, SpanFactory
 
 LATER = T0 + 3600 * S
-
-
-@pytest.fixture
-def spans() -> Iterator[SpanFactory]:
-    with span_factory() as factory:
-        yield factory
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> DataDir:
-    return DataDir(tmp_path / "data", fsync=False)
 
 
 def emitter_for(data: DataDir, sink: OTLPSink, **options: float) -> RootSpanEmitter:

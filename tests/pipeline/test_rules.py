@@ -5,7 +5,6 @@ The pure core (`pipeline.verdicts.evaluate`): span rows in, calls and call_event
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -14,15 +13,9 @@ import pytest
 from pipeline import rules
 from pipeline.rules import RulesConfig
 from pipeline.verdicts import evaluate, next_step_for
-from tests.pipeline.timeline_spans import BAD_ACTIONS, GOOD_ACTIONS, MS, T0, S, SpanFactory, span_factory
+from tests.pipeline.timeline_spans import BAD_ACTIONS, GOOD_ACTIONS, MS, T0, S, SpanFactory
 
 LATER = T0 + 3600 * S  # long after every call here: completed calls settled, silent ones expired
-
-
-@pytest.fixture
-def spans() -> Iterator[SpanFactory]:
-    with span_factory() as factory:
-        yield factory
 
 
 def calls_of(
