@@ -518,7 +518,7 @@ class Overview:
     top_customers: pl.DataFrame
     series: pl.DataFrame
     """Failed calls per bucket and verdict (`failures_over_time`)."""
-    bucket: timedelta = timedelta(minutes=15)
+    bucket: timedelta
     """The width of the series' buckets."""
 
     def headline(self) -> str:
@@ -569,12 +569,14 @@ def overview(con: duckdb.DuckDBPyConnection, flt: CallFilter, bucket: timedelta,
         [*current_params, int(bucket / timedelta(microseconds=1)), *params],
     )
     try:
-        return replace(_overview_from_counts(con, previous is not None, top), bucket=bucket)
+        return _overview_from_counts(con, previous is not None, top, bucket)
     finally:
         con.execute(f"DROP TABLE IF EXISTS {OVERVIEW_COUNTS}")
 
 
-def _overview_from_counts(con: duckdb.DuckDBPyConnection, has_previous: bool, top: int) -> Overview:
+def _overview_from_counts(
+    con: duckdb.DuckDBPyConnection, has_previous: bool, top: int, bucket: timedelta
+) -> Overview:
     counts = f"FROM {OVERVIEW_COUNTS} WHERE part = ?"
 
     def window(cur: bool) -> WindowCounts:
@@ -618,6 +620,7 @@ def _overview_from_counts(con: duckdb.DuckDBPyConnection, has_previous: bool, to
         tops["application_id"],
         tops["customer_id"],
         series,
+        bucket,
     )
 
 
@@ -725,14 +728,11 @@ def _like_escape(text: str) -> str:
 
 def call_row(con: duckdb.DuckDBPyConnection, call_id: str) -> dict[str, Any] | None:
     """The call's `calls` row as a dict, or None."""
-    if "calls" not in views(con):
-        return None
-    cursor = con.execute("SELECT * FROM calls WHERE call_id = ? LIMIT 1", [call_id])
-    rows = cursor.fetchall()
-    if not rows:
-        return None
-    names = [d[0] for d in cursor.description or []]
-    return dict(zip(names, rows[0], strict=True))
+    return _row_of(_call_row_table(con, call_id))
+
+
+def _row_of(table: pa.Table | None) -> dict[str, Any] | None:
+    return table.to_pylist()[0] if table is not None and table.num_rows else None
 
 
 def call_events(
@@ -761,12 +761,6 @@ def call_events(
                 break
         return frame
     return _frame(con, "SELECT * FROM call_events WHERE call_id = ? ORDER BY ts", [call_id])
-
-
-#: How far from the call's first and last activity its spans are looked for first. Segments are
-#: written in arrival order, so their row groups cover narrow time ranges that DuckDB skips. A
-#: receiver clock off by more (beyond the skew the build measured) only costs the fallback read.
-SPAN_SEARCH_MARGIN = timedelta(minutes=10)
 
 
 def _events_schema() -> dict[str, Any]:
@@ -802,20 +796,19 @@ def call_span_table(
 
     Reads `spans_raw` filtered by the call's derived trace id and de-duplicates here: the `spans`
     view de-duplicates over every stored span before any filter. Given the call's `calls` row, it
-    first reads only spans that start within SPAN_SEARCH_MARGIN (plus the receiver's measured clock
-    skew) of the call's first and last activity: the date partitions and row groups around it.
-    When that finds fewer spans than the build counted, it reads them all.
+    first reads only spans that start in its `pipeline.queries.span_window`: the date partitions
+    and row groups around it. When that finds fewer spans than the build counted, it reads them all.
     """
+    from pipeline.queries import epoch_ns, span_window
+
     if "spans_raw" not in views(con):
         return None
     trace_id = call_trace_id_hex(call_id)
-    first = (call or {}).get("first_seen_at")
-    last = (call or {}).get("last_seen_at") or (call or {}).get("completed_at") or first
-    if isinstance(first, datetime) and isinstance(last, datetime):
-        skew = timedelta(milliseconds=abs((call or {}).get("receiver_clock_skew_ms") or 0))
-        low, high = first - SPAN_SEARCH_MARGIN - skew, last + SPAN_SEARCH_MARGIN + skew
+    window = span_window(call)
+    if window is not None:
+        low, high = window
         where = "trace_id = ? AND start_ns BETWEEN ? AND ?"
-        params: list[Any] = [trace_id, _epoch_ns(low), _epoch_ns(high)]
+        params: list[Any] = [trace_id, epoch_ns(low), epoch_ns(high)]
         if "date" in columns(con, "spans_raw"):
             where += " AND date BETWEEN ? AND ?"
             params += [low.date(), high.date()]
@@ -824,12 +817,6 @@ def call_span_table(
         if spans.num_rows and (not isinstance(expected, int) or spans.num_rows >= expected):
             return spans
     return _span_table_where(con, "trace_id = ?", [trace_id])
-
-
-def _epoch_ns(moment: datetime) -> int:
-    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 def _span_table_where(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> pa.Table:
@@ -871,7 +858,7 @@ def call_detail(con: duckdb.DuckDBPyConnection, call_id: str) -> CallDetail:
     from pipeline.tables import call_events_view_sql
 
     call_table = _call_row_table(con, call_id)
-    call = call_table.to_pylist()[0] if call_table is not None and call_table.num_rows else None
+    call = _row_of(call_table)
     spans = call_span_table(con, call_id, call)
     if spans is None or call_table is None:
         return CallDetail(call, call_events(con, call_id, call), [] if spans is None else spans.to_pylist())

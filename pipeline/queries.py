@@ -53,16 +53,28 @@ def call_row(con: duckdb.DuckDBPyConnection, call_id: str) -> dict[str, Any] | N
     return rows[0] if rows else None
 
 
-#: How far from the call's first and last activity its spans are looked for first (a receiver
-#: clock off by more is caught by the span count check, which then reads them all).
-SPAN_WINDOW = timedelta(hours=1)
+#: How far beyond the call's first and last activity its spans are looked for first. Segments are
+#: written in arrival order, so their row groups cover narrow time ranges that DuckDB skips. A
+#: receiver clock off by more is caught by the span count check, which then reads them all.
+SPAN_WINDOW = timedelta(minutes=10)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _epoch_ns(moment: datetime) -> int:
+def epoch_ns(moment: datetime) -> int:
+    """Unix nanoseconds of a datetime (naive means UTC)."""
     moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def span_window(call: Mapping[str, Any] | None) -> tuple[datetime, datetime] | None:
+    """Where a call's spans are looked for first, from its `calls` row: its first and last
+    activity, widened by SPAN_WINDOW (None without those times)."""
+    first = (call or {}).get("first_seen_at")
+    last = (call or {}).get("last_seen_at") or (call or {}).get("completed_at") or first
+    if not (isinstance(first, datetime) and isinstance(last, datetime)):
+        return None
+    return first - SPAN_WINDOW, last + SPAN_WINDOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,21 +99,21 @@ def call_events_queries(
     """The queries for one call's `call_events` rows in timeline order, to try in turn until one
     is complete (`EventsQuery.complete`).
 
-    Given the call's `calls` row, the first reads only spans that start within SPAN_WINDOW of the
-    call's first and last activity (their date partitions and row groups); it is incomplete when
-    it finds fewer spans than the build counted (a receiver clock off by hours). The last reads
-    all of the call's spans, as the `call_events` view does."""
+    Given the call's `calls` row, the first reads only spans that start in its `span_window`
+    (their date partitions and row groups); it is incomplete when it finds fewer spans than the
+    build counted (a receiver clock off by hours). The last reads all of the call's spans, as the
+    `call_events` view does."""
     order = " ORDER BY ts, ord, span_id"
     everything = tables.one_call_events_sql(windowed=False)
     queries = [EventsQuery(f"SELECT {columns} FROM ({everything}){order}", {"call_id": call_id})]
-    first, last = (call or {}).get("first_seen_at"), (call or {}).get("last_seen_at")
+    window = span_window(call)
     expected = (call or {}).get("span_count")
-    if isinstance(first, datetime) and isinstance(last, datetime) and isinstance(expected, int):
-        low, high = first - SPAN_WINDOW, last + SPAN_WINDOW
+    if window is not None and isinstance(expected, int):
+        low, high = window
         params = {
             "call_id": call_id,
-            "low_ns": _epoch_ns(low),
-            "high_ns": _epoch_ns(high),
+            "low_ns": epoch_ns(low),
+            "high_ns": epoch_ns(high),
             "low_day": low.date(),
             "high_day": high.date(),
         }
