@@ -27,9 +27,10 @@ import pytest
 
 import collectors
 from simulator.audio import tone_payloads
-from simulator.demo import DemoOptions, run_demo
+from simulator.demo import run_demo
 from simulator.messages import CallInfo
 from simulator.scenarios import SCENARIOS
+from tests.simulator.runs import every_scenario_once
 
 TOKEN = re.compile(r"token=([A-Za-z0-9_\-%.~]+)")
 
@@ -58,16 +59,7 @@ def test_no_phone_number_token_or_payload_anywhere_on_disk(
     data = tmp_path / "data"
     caplog.set_level(logging.DEBUG, logger="callscope")
     caplog.set_level(logging.DEBUG, logger="pipeline")
-    options = DemoOptions(
-        data_dir=data,
-        ingest_port=0,
-        scenarios=tuple(SCENARIOS.values()),
-        media_seconds=2.0,
-        speed=5.0,
-        answer_url_timeout_ms=1000,
-        grace_seconds=1,
-        settle_seconds=1,
-    )
+    options = every_scenario_once(data)
     with collectors.write_logs_to(data / "collector-logs"):
         result = run_demo(options)
     assert result.correct == result.total == len(SCENARIOS)

@@ -14,25 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from callscope.cli import app as cli
-from simulator.demo import DemoOptions, DemoResult, run_demo
+from simulator.demo import DemoResult, run_demo
 from simulator.scenarios import SCENARIOS
-
-pytest.importorskip("pipeline.timeline", reason="the timeline build (issue 4) is not in this tree yet")
+from tests.simulator.runs import every_scenario_once
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
-    options = DemoOptions(
-        data_dir=tmp_path_factory.mktemp("e2e") / "data",
-        ingest_port=0,
-        scenarios=tuple(SCENARIOS.values()),
-        media_seconds=2.0,
-        speed=5.0,
-        answer_url_timeout_ms=1000,
-        grace_seconds=1,
-        settle_seconds=1,
-    )
-    return run_demo(options)
+    return run_demo(every_scenario_once(tmp_path_factory.mktemp("e2e") / "data"))
 
 
 def _row(result: DemoResult, scenario: str) -> dict[str, object]:
